@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each bootstraps .venv itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first so pip takes the local CPU wheel, never a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/edgeser compress --recipe recipes/demo.yaml --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,59 @@
+"""Manifest CSV (path,label,speaker[,session,split]) and speaker-independent splits."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeser.recipe import RecipeError
+
+REQUIRED = ("path", "label", "speaker")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    speaker: str
+
+
+def read_manifest(path: Path) -> list[Item]:
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RecipeError(f"{path}: manifest lacks column(s) {', '.join(missing)} (need path,label,speaker)")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RecipeError(f"{path}: cannot read manifest: {e}") from None
+    if not rows:
+        raise RecipeError(f"{path}: manifest has no rows")
+    items = []
+    for i, r in enumerate(rows, start=2):
+        if not r["path"] or not r["label"] or not r["speaker"]:
+            raise RecipeError(f"{path}:{i}: empty path, label or speaker")
+        p = Path(r["path"])
+        items.append(Item(p if p.is_absolute() else path.parent / p, r["label"].strip(), r["speaker"].strip()))
+    return items
+
+
+def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Item]]:
+    """Split by speaker: no speaker appears in two splits. At least one speaker per split."""
+    speakers = sorted({it.speaker for it in items})
+    if len(speakers) < 3:
+        raise RecipeError(f"data: need at least 3 speakers for speaker-independent splits, found {len(speakers)}")
+    rng = np.random.default_rng(seed)
+    order = [speakers[i] for i in rng.permutation(len(speakers))]
+    n_test = max(1, round(test_frac * len(speakers)))
+    n_val = max(1, round(val_frac * len(speakers)))
+    if n_test + n_val >= len(speakers):
+        n_test, n_val = 1, 1
+    test, val = set(order[:n_test]), set(order[n_test : n_test + n_val])
+    split = {"train": [], "val": [], "test": []}
+    for it in items:
+        split["test" if it.speaker in test else "val" if it.speaker in val else "train"].append(it)
+    return split

@@ -1,0 +1,52 @@
+"""ONNX export (torch.onnx dynamo exporter), TorchScript trace and torch.export (.pt2), all written atomically."""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import torch
+
+from edgeser.fileio import atomic_path
+
+INPUT, OUTPUT = "audio", "logits"
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporters print progress and deprecation chatter; keep the user's terminal for our own progress."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _dynamic(static_batch: int | None):
+    return None if static_batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
+
+
+def example_batch(samples: int, static_batch: int | None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(static_batch or 2, samples, generator=g) * 0.1  # batch >= 2 for a dynamic dim
+
+
+def export_onnx(model, samples: int, path, *, opset: int = 18, static_batch: int | None = None) -> None:
+    model = model.eval()
+    x = example_batch(samples, static_batch)
+    with quiet(), atomic_path(path) as tmp:
+        torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=_dynamic(static_batch))
+
+
+def export_torchscript(model, samples: int, path) -> None:
+    x = example_batch(samples, None)
+    with quiet(), torch.no_grad(), atomic_path(path) as tmp:
+        traced = torch.jit.trace(model.eval(), (x,), check_trace=False)
+        traced.save(str(tmp))
+
+
+def export_pt2(model, samples: int, path, *, static_batch: int | None = None) -> None:
+    x = example_batch(samples, static_batch)
+    with quiet(), atomic_path(path) as tmp:
+        ep = torch.export.export(model.eval(), (x,), dynamic_shapes=_dynamic(static_batch))
+        torch.export.save(ep, str(tmp))

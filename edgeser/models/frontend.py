@@ -1,0 +1,63 @@
+"""Log-mel front-end built from fixed Conv1d kernels, so it exports to every target (no STFT op).
+
+pre-emphasis -> Hann-windowed frames -> DFT (cos/sin kernels, pre-emphasis folded in) -> power
+-> mel filterbank (matmul) -> log -> clamp to `top_db` below the clip's maximum -> scale to [-1, 1].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
+    """Triangular HTK-mel filters evaluated at the given frequencies: (n_mels, len(freqs))."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    inv = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = inv(np.linspace(mel(0.0), mel(sr / 2), n_mels + 2))
+    fb = np.zeros((n_mels, len(freqs_hz)), dtype=np.float64)
+    for m in range(n_mels):
+        lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
+        up = (freqs_hz - lo) / (c - lo)
+        down = (hi - freqs_hz) / (hi - c)
+        fb[m] = np.clip(np.minimum(up, down), 0, None)
+    fb /= np.maximum(fb.sum(1, keepdims=True), 1e-8)
+    return fb.astype(np.float32)
+
+
+class LogMel(nn.Module):
+    def __init__(self, sr: int = 16000, frame_ms: float = 50, hop_ms: float = 25, n_mels: int = 40,
+                 n_freqs: int = 129, preemph: float = 0.97, top_db: float = 80.0):
+        super().__init__()
+        n = int(sr * frame_ms / 1000)
+        self.hop = int(sr * hop_ms / 1000)
+        freqs = np.linspace(0, sr / 2, n_freqs)
+        t = np.arange(n)
+        win = np.hanning(n + 2)[1:-1]
+        ang = 2 * math.pi * freqs[:, None] * t[None, :] / sr
+        k = np.concatenate([np.cos(ang) * win, -np.sin(ang) * win])  # (2F, n)
+        # fold pre-emphasis y[t] = x[t] - a x[t-1] into the kernel: length n + 1
+        kp = np.zeros((2 * n_freqs, n + 1))
+        kp[:, 1:] += k
+        kp[:, :-1] -= preemph * k
+        self.dft = nn.Conv1d(1, 2 * n_freqs, n + 1, stride=self.hop, bias=False)
+        self.dft.weight.data = torch.tensor(kp[:, None, :], dtype=torch.float32)
+        self.register_buffer("mel", torch.tensor(mel_filterbank(n_mels, freqs, sr)))
+        self.n_freqs = n_freqs
+        self.range = top_db / 10.0 * math.log(10.0)  # top_db in natural-log power units
+        self.requires_grad_(False)
+
+    def n_frames(self, samples: int) -> int:
+        return (samples - self.dft.kernel_size[0]) // self.hop + 1
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = self.dft(wav.unsqueeze(1))  # (B, 2F, T)
+        re, im = spec[:, : self.n_freqs], spec[:, self.n_freqs :]
+        power = re * re + im * im
+        mel = torch.matmul(self.mel, power)  # (B, n_mels, T)
+        logmel = torch.log(mel + 1e-10)
+        peak = logmel.amax(dim=(1, 2), keepdim=True)
+        logmel = torch.maximum(logmel, peak - self.range)
+        return (logmel - peak) * (2.0 / self.range) + 1.0

@@ -1,0 +1,47 @@
+"""The student: log-mel front-end inside the model, then a small Conv1d stack and a linear head.
+
+Takes 16 kHz PCM (B, samples) and returns logits (B, classes), so every exported artifact does too.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeser.models.frontend import LogMel
+
+
+class Body(nn.Module):
+    """Conv1d-BN-ReLU blocks over mel frames, mean over time, linear head. Pruned and quantised."""
+
+    def __init__(self, n_mels: int, channels: list[int], n_classes: int, kernel_size: int = 3):
+        super().__init__()
+        blocks, c_in = [], n_mels
+        for i, c in enumerate(channels):
+            stride = 2 if 0 < i < len(channels) - 1 else 1
+            blocks.append(nn.Sequential(
+                nn.Conv1d(c_in, c, kernel_size, stride, kernel_size // 2, bias=False),
+                nn.BatchNorm1d(c), nn.ReLU()))
+            c_in = c
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c_in, n_classes)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(mel).mean(-1))
+
+
+class Student(nn.Module):
+    def __init__(self, n_classes: int, channels: list[int], n_mels: int = 40, kernel_size: int = 3,
+                 frame_ms: float = 50, hop_ms: float = 25, body: nn.Module | None = None):
+        super().__init__()
+        self.frontend = LogMel(frame_ms=frame_ms, hop_ms=hop_ms, n_mels=n_mels)
+        self.body = body if body is not None else Body(n_mels, channels, n_classes, kernel_size)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.body(self.frontend(wav))
+
+
+def student_config(body: Body) -> dict:
+    """Channel widths as they are now (after pruning), to rebuild the model from a state_dict."""
+    convs = [b[0] for b in body.blocks]
+    return {"channels": [c.out_channels for c in convs], "kernel_size": convs[0].kernel_size[0],
+            "n_mels": convs[0].in_channels, "n_classes": body.head.out_features}

@@ -1,0 +1,52 @@
+"""The one runner: validate everything first, then run the stages in order with progress bars."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from edgeser import report as report_stage
+from edgeser.data.manifest import read_manifest
+from edgeser.fileio import write_json
+from edgeser.recipe import Recipe
+from edgeser.stages import data, distill, export, prune, qat, teacher, verify
+from edgeser.stages.common import Context
+from edgeser.targets import load_target
+
+STAGES = [("data", data.run), ("teacher", teacher.run), ("distill", distill.run), ("prune", prune.run),
+          ("qat", qat.run), ("export", export.run), ("verify", verify.run), ("report", report_stage.run)]
+
+
+def preflight(recipe: Recipe) -> None:
+    """Checks that need files but write nothing: a bad manifest fails here, before the run folder exists."""
+    if recipe.data.manifest is not None:
+        read_manifest(recipe.data.manifest)
+
+
+def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show_progress: bool = True) -> dict:
+    console = console or Console()
+    target = load_target(recipe.target)
+    preflight(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
+    torch.manual_seed(recipe.seed)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, disable=not show_progress, transient=False)
+    ctx = Context(recipe=recipe, target=target, run_dir=run_dir, progress=progress, console=console)
+    timings = {}
+    with progress:
+        overall = progress.add_task("pipeline", total=len(STAGES))
+        for name, fn in STAGES:
+            progress.update(overall, description=f"stage: {name}")
+            t = time.perf_counter()
+            result = fn(ctx)
+            timings[name] = round(time.perf_counter() - t, 2)
+            progress.advance(overall)
+            summary = result.get("test", {}).get("ua") if isinstance(result, dict) else None
+            console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * summary:.1f}%" if summary else ""))
+    result["stage_seconds"] = timings
+    write_json(run_dir / "report.json", result)
+    return result

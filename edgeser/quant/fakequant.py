@@ -1,0 +1,120 @@
+"""Hand-written INT8 fake-quant, legal for every target (TensorRT, QNN HTP, CoreML, onnxruntime).
+
+- weights: symmetric per-channel int8 (axis 0, range -127..127, zero point 0), BN folded first;
+- activations: symmetric per-tensor int8 (-128..127, zero point 0), scales calibrated, then frozen;
+- Q/DQ on the front-end input, the body input, after each Conv, after each ReLU, and on the logits.
+
+`export=True` swaps the rounding arithmetic for `torch.ops.quantized_decomposed` Q/DQ ops with int8
+weight buffers; the formulas are identical, so fake-quant and the exported graph agree bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchao.quantization.pt2e  # noqa: F401  (registers torch.ops.quantized_decomposed)
+
+QD = torch.ops.quantized_decomposed
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class ActQuant(nn.Module):
+    """Per-tensor symmetric activation quantiser with a max-abs observer (EMA after the first batch)."""
+
+    def __init__(self, momentum: float = 0.1):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("initialised", torch.tensor(False))
+        self.momentum = momentum
+        self.observe = True
+        self.enabled = True
+        self.export = False
+
+    def freeze_export(self):
+        """Fix the scale as a Python constant so the exported graph carries it as an initializer."""
+        self.export = True
+        self.export_scale = float(self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.export:
+            s = self.export_scale
+            q = QD.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
+            return QD.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
+        if self.observe and (self.training or not bool(self.initialised)):
+            amax = x.detach().abs().amax().clamp(min=1e-8) / 127.0
+            if bool(self.initialised):
+                self.scale.mul_(1 - self.momentum).add_(self.momentum * amax)
+            else:
+                self.scale.copy_(amax)
+                self.initialised.fill_(True)
+        if not self.enabled:
+            return x
+        s = float(self.scale)
+        return torch.clamp(_round_ste(x * (1.0 / s)), -128, 127) * s
+
+
+def weight_scales(w: torch.Tensor) -> torch.Tensor:
+    return (w.detach().abs().reshape(w.shape[0], -1).amax(1).clamp(min=1e-8) / 127.0).float()
+
+
+class _QWeight(nn.Module):
+    """Shared weight handling for QConv1d / QLinear: fake-quant in training, int8 buffer at export."""
+
+    def setup(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.export = False
+        self.enabled = True
+
+    def qweight(self) -> torch.Tensor:
+        w = self.weight
+        if not self.enabled:
+            return w
+        s = weight_scales(w).reshape(-1, *([1] * (w.dim() - 1)))
+        if self.export:
+            return QD.dequantize_per_channel(self.w_int8, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
+        return torch.clamp(_round_ste(w / s), -127, 127) * s
+
+    def freeze_int8(self):
+        """Store int8 weights and their scales as buffers for the export graph."""
+        s = weight_scales(self.weight)
+        q = torch.clamp(torch.round(self.weight.detach() / s.reshape(-1, *([1] * (self.weight.dim() - 1)))), -127, 127)
+        self.register_buffer("w_int8", q.to(torch.int8))
+        self.register_buffer("w_scale", s)
+        self.register_buffer("w_zp", torch.zeros(len(s), dtype=torch.int64))
+
+
+class QConv1d(_QWeight):
+    def __init__(self, conv: nn.Conv1d, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.setup(conv.weight, bias if bias is not None else conv.bias)
+        self.stride, self.padding = conv.stride, conv.padding
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+
+    def forward(self, x):
+        return F.conv1d(x, self.qweight(), self.bias, self.stride, self.padding)
+
+
+class QLinear(_QWeight):
+    def __init__(self, fc: nn.Linear):
+        super().__init__()
+        self.setup(fc.weight, fc.bias)
+        self.in_features, self.out_features = fc.in_features, fc.out_features
+
+    def forward(self, x):
+        return F.linear(x, self.qweight(), self.bias)
+
+
+def fold_bn(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
+    """Conv followed by BN (eval statistics) -> one Conv with bias."""
+    fused = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    std = torch.sqrt(bn.running_var + bn.eps)
+    g = bn.weight.detach() / std
+    fused.weight.data = conv.weight.detach() * g[:, None, None]
+    b0 = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.data = (b0 - bn.running_mean) * g + bn.bias.detach()
+    return fused

@@ -1,0 +1,80 @@
+"""The quantised student: built from a float Student (BN folded), trained with fake-quant, exported with Q/DQ."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edgeser.models.student import Student
+from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear, fold_bn
+
+
+class QuantFrontend(nn.Module):
+    """The log-mel front-end with its DFT conv in INT8 (W8A8); power, mel, log and scaling stay float."""
+
+    def __init__(self, fe):
+        super().__init__()
+        self.fe = copy.deepcopy(fe)
+        self.in_q = ActQuant()
+        self.dft = QConv1d(self.fe.dft)
+        self.dft.weight.requires_grad_(False)
+        self.dft_q = ActQuant()
+        del self.fe.dft
+
+    def forward(self, wav):
+        spec = self.dft_q(self.dft(self.in_q(wav.unsqueeze(1))))
+        fe, f = self.fe, self.fe.n_freqs
+        re, im = spec[:, :f], spec[:, f:]
+        logmel = torch.log(torch.matmul(fe.mel, re * re + im * im) + 1e-10)
+        peak = logmel.amax(dim=(1, 2), keepdim=True)
+        logmel = torch.maximum(logmel, peak - fe.range)
+        return (logmel - peak) * (2.0 / fe.range) + 1.0
+
+
+class QuantStudent(nn.Module):
+    def __init__(self, student: Student):
+        super().__init__()
+        student = copy.deepcopy(student).eval()
+        self.frontend = QuantFrontend(student.frontend)
+        self.in_q = ActQuant()
+        convs, conv_q, relu_q = [], [], []
+        for block in student.body.blocks:
+            conv, bn = block[0], block[1]
+            convs.append(QConv1d(fold_bn(conv, bn)))
+            conv_q.append(ActQuant())
+            relu_q.append(ActQuant())
+        self.convs, self.conv_q, self.relu_q = nn.ModuleList(convs), nn.ModuleList(conv_q), nn.ModuleList(relu_q)
+        self.pool_q = ActQuant()
+        self.head = QLinear(student.body.head)
+        self.out_q = ActQuant()
+
+    def forward(self, wav):
+        x = self.in_q(self.frontend(wav))
+        for conv, cq, rq in zip(self.convs, self.conv_q, self.relu_q):
+            x = rq(torch.relu(cq(conv(x))))
+        return self.out_q(self.head(self.pool_q(x.mean(-1))))
+
+    def act_quants(self):
+        return [m for m in self.modules() if isinstance(m, ActQuant)]
+
+    def set_observe(self, on: bool):
+        for m in self.act_quants():
+            m.observe = on
+
+    def set_quant(self, on: bool):
+        for m in self.modules():
+            if isinstance(m, (ActQuant, QConv1d, QLinear)):
+                m.enabled = on
+
+    def to_export(self) -> "QuantStudent":
+        """A copy whose graph uses quantized_decomposed Q/DQ ops and int8 weight buffers."""
+        m = copy.deepcopy(self).eval()
+        m.set_observe(False)
+        for mod in m.modules():
+            if isinstance(mod, (QConv1d, QLinear)):
+                mod.freeze_int8()
+                mod.export = True
+            if isinstance(mod, ActQuant):
+                mod.freeze_export()
+        return m

@@ -1,0 +1,195 @@
+"""The recipe: one YAML file, validated by this pydantic schema (the single source of truth for options)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "coreml", "tensorrt")
+
+
+class RecipeError(ValueError):
+    """Bad input: the message names the field or file. The CLI maps it to exit code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthData(_Section):
+    seed: int = 0
+    clips_per_class: int = Field(160, ge=2, le=100_000)
+    n_speakers: int = Field(10, ge=2, le=1000)
+    clip_seconds: float = Field(2.0, gt=0.1, le=60)
+
+
+class Data(_Section):
+    manifest: Path | None = None
+    synth: SynthData | None = None
+    classes: list[str] | None = None
+    clip_seconds: float = Field(2.0, gt=0.1, le=60)
+    sample_rate: Literal[16000] = 16000
+    val_speakers: float = Field(0.2, gt=0, lt=1)
+    test_speakers: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.manifest is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.manifest or data.synth")
+        if self.val_speakers + self.test_speakers >= 0.9:
+            raise ValueError("val_speakers + test_speakers must leave speakers to train on (< 0.9)")
+        return self
+
+
+class Train(_Section):
+    epochs: int = Field(10, ge=0, le=10_000)
+    lr: float = Field(3e-4, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=4096)
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+
+
+class Teacher(Train):
+    checkpoint: Path | None = None
+    width_mult: float = Field(1.0, gt=0, le=4)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class Student(_Section):
+    channels: list[int] = Field(default_factory=lambda: [64, 64, 96, 128])
+    kernel_size: int = Field(3, ge=1, le=31)
+    n_mels: int = Field(40, ge=8, le=128)
+    frame_ms: float = Field(50.0, gt=1, le=200)
+    hop_ms: float = Field(25.0, gt=1, le=200)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if not v or any(c < 1 or c > 4096 for c in v):
+            raise ValueError("each channel count must be in 1..4096 and the list non-empty")
+        return v
+
+
+class Distill(Train):
+    epochs: int = Field(20, ge=0, le=10_000)
+    lr: float = Field(3e-3, gt=0, le=10)
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.7, ge=0, le=1)
+
+
+class Prune(Train):
+    enabled: bool = True
+    channel_ratio: float = Field(0.5, ge=0, lt=1)
+    epochs: int = Field(5, ge=0, le=10_000)
+    lr: float = Field(1e-3, gt=0, le=10)
+
+
+class QAT(Train):
+    epochs: int = Field(4, ge=0, le=10_000)
+    lr: float = Field(3e-4, gt=0, le=10)
+    calib_batches: int = Field(8, ge=1, le=10_000)
+    freeze_observers_after: int = Field(2, ge=0)
+
+
+class Export(_Section):
+    formats: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: list(ARTIFACTS))  # type: ignore[valid-type]
+    opset: int = Field(18, ge=17, le=20)
+
+
+class Verify(_Section):
+    max_ua_drop_pt: float | None = Field(3.0, ge=0, le=100)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_size_bytes: int | None = Field(None, gt=0)
+    min_agreement: float = Field(0.95, ge=0, le=1)
+    gate_artifacts: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: ["onnx-int8"])  # type: ignore[valid-type]
+    latency_runs: int = Field(50, ge=3, le=100_000)
+
+
+class Recipe(_Section):
+    name: str = "run"
+    seed: int = 0
+    target: str = "cpu"
+    data: Data
+    teacher: Teacher = Teacher()
+    student: Student = Student()
+    distill: Distill = Distill()
+    prune: Prune = Prune()
+    qat: QAT = QAT()
+    export: Export = Export()
+    verify: Verify = Verify()
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        if cur.get(k) is None:
+            cur[k] = {}
+        if not isinstance(cur[k], dict):
+            raise RecipeError(f"--set {dotted}: '{k}' is not a section")
+        cur = cur[k]
+    cur[keys[-1]] = value
+
+
+def parse_overrides(sets: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for s in sets or []:
+        if "=" not in s or not s.split("=", 1)[0].strip():
+            raise RecipeError(f"--set {s!r}: expected KEY=VALUE, e.g. distill.epochs=3")
+        k, v = s.split("=", 1)
+        try:
+            out.append((k.strip(), yaml.safe_load(v)))
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {k}: value is not valid YAML: {e}") from None
+    return out
+
+
+def _format_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "recipe"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        msg = msg.replace("Value error, ", "")
+        msg = msg.replace("Input should be greater than", "must be >").replace("Input should be less than", "must be <")
+        lines.append(f"{loc}: {msg}")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Relative paths inside it resolve against the recipe's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}")
+    for k, v in parse_overrides(sets or []):
+        _set_path(raw, k, v)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_error(e)) from None
+    base = path.resolve().parent
+    if recipe.data.manifest is not None and not recipe.data.manifest.is_absolute():
+        recipe.data.manifest = base / recipe.data.manifest
+    if recipe.teacher.checkpoint is not None and not recipe.teacher.checkpoint.is_absolute():
+        recipe.teacher.checkpoint = base / recipe.teacher.checkpoint
+    if recipe.data.manifest is not None and not recipe.data.manifest.is_file():
+        raise RecipeError(f"data.manifest: file not found: {recipe.data.manifest}")
+    if recipe.teacher.checkpoint is not None and not recipe.teacher.checkpoint.is_file():
+        raise RecipeError(f"teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
+    from edgeser.targets import load_target
+
+    load_target(recipe.target)  # raises RecipeError naming `target`
+    return recipe

@@ -1,0 +1,81 @@
+"""Run an exported artifact on this machine: PyTorch, TorchScript, torch.export and onnxruntime.
+
+Each runner maps float32 audio (B, samples) to logits (B, classes) as numpy.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Runner:
+    def __init__(self, fn, static_batch: int | None = None, set_threads=None):
+        self.fn, self.static_batch, self.set_threads = fn, static_batch, set_threads
+
+    def __call__(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        bs = self.static_batch or batch_size
+        outs = []
+        for i in range(0, len(x), bs):
+            chunk = x[i : i + bs]
+            n = len(chunk)
+            if self.static_batch and n < bs:  # pad the last batch to the fixed shape
+                chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(self.fn(chunk))[:n])
+        return np.concatenate(outs)
+
+
+def torch_runner(module) -> Runner:
+    def fn(x):
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return Runner(fn, set_threads=torch.set_num_threads)
+
+
+def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
+
+
+def load_runner(fmt: str, path: Path) -> Runner:
+    if fmt.startswith("onnx"):
+        return onnx_runner(path)
+    import torchao.quantization.pt2e  # noqa: F401  (Q/DQ ops used by the int8 graphs)
+
+    if fmt == "torchscript":
+        return torch_runner(torch.jit.load(str(path), map_location="cpu"))
+    if fmt == "pt2":
+        return torch_runner(torch.export.load(str(path)).module())
+    raise ValueError(f"no runtime on this machine for format {fmt!r}")
+
+
+def latency_ms(runner: Runner, sample: np.ndarray, runs: int, warmup: int = 5) -> dict:
+    """Single-clip latency with one thread: p50 and p95 over `runs` timed calls."""
+    x = sample[None].astype(np.float32)
+    prev = torch.get_num_threads()
+    if runner.set_threads:
+        runner.set_threads(1)
+    try:
+        for _ in range(warmup):
+            runner(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            runner(x)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        if runner.set_threads:
+            runner.set_threads(prev)
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "runs": runs}

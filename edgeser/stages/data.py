@@ -1,0 +1,45 @@
+"""Stage 1: the corpus. Generate the built-in synthetic one or read a manifest; split by speaker."""
+from __future__ import annotations
+
+import json
+
+from edgeser.data.dataset import load_corpus
+from edgeser.fileio import atomic_path, write_json
+from edgeser.stages.common import Context
+
+
+def synth_corpus(ctx: Context):
+    """Generate the synthetic corpus once per settings into RUN/data/synth (reused when settings match)."""
+    from edgeser.data.synth import synthesize_corpus
+
+    s = ctx.recipe.data.synth
+    out = ctx.run_dir / "data" / "synth"
+    settings = s.model_dump() | {"clip_seconds": ctx.recipe.data.clip_seconds}
+    stamp = out / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings and (out / "manifest.csv").is_file():
+        return out / "manifest.csv"
+    task = ctx.progress.add_task("data: synthesising voices", total=None) if ctx.progress else None
+
+    def on_clip(done, total):
+        if ctx.progress:
+            ctx.progress.update(task, completed=done, total=total)
+
+    with atomic_path(out) as tmp:
+        synthesize_corpus(tmp, seed=s.seed, clips_per_class=s.clips_per_class, n_speakers=s.n_speakers,
+                          clip_seconds=s.clip_seconds, on_clip=on_clip)
+        write_json(tmp / "settings.json", settings)
+    if ctx.progress:
+        ctx.progress.remove_task(task)
+    return out / "manifest.csv"
+
+
+def run(ctx: Context) -> dict:
+    d = ctx.recipe.data
+    manifest = d.manifest if d.manifest is not None else synth_corpus(ctx)
+    task = ctx.progress.add_task("data: loading audio", total=None) if ctx.progress else None
+    corpus = load_corpus(manifest, d, on_file=(lambda i, n: ctx.progress.update(task, completed=i, total=n))
+                         if ctx.progress else None)
+    if ctx.progress:
+        ctx.progress.remove_task(task)
+    ctx.corpus = corpus
+    return ctx.finish("data", {"manifest": str(manifest), **corpus.summary()})

@@ -1,0 +1,100 @@
+"""Stage 6: export the QAT student (and the pruned FP32 student) to every format the recipe asks for."""
+from __future__ import annotations
+
+import traceback
+
+from edgeser.export.onnx_export import INPUT, OUTPUT, export_onnx, export_pt2, export_torchscript, example_batch
+from edgeser.stages.common import Context, load_student
+from edgeser.stages.qat import load_qat
+
+# name -> (file name, precision, reference model the artifact must agree with)
+ARTIFACT_SPECS = {
+    "torchscript": ("student_int8.ts", "int8-qdq", "qat"),
+    "pt2": ("student_int8.pt2", "int8-qdq", "qat"),
+    "onnx-fp32": ("student_fp32.onnx", "fp32", "prune"),
+    "onnx-int8": ("student_int8.onnx", "int8", "qat"),
+    "coreml": ("student_w8a8.mlpackage", "int8", "qat"),
+    "tensorrt": ("student_int8.engine", "int8", "qat"),
+}
+
+
+def _coreml(ctx, qexport, samples, path):
+    from edgeser.export.coreml import check_coreml_spec, coreml_predict_available, export_coreml
+
+    x = example_batch(samples, ctx.target.static_batch or 1)
+    info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT)
+    spec = check_coreml_spec(path, input_name=INPUT, input_shape=tuple(x.shape), output_name=OUTPUT,
+                             n_classes=len(ctx.corpus.classes))
+    ok, reason = coreml_predict_available()
+    status = ("exported" if ok else "skipped") if spec["passed"] else "failed"
+    reason = reason if spec["passed"] else "CoreML spec check failed: " + "; ".join(spec["violations"][:5])
+    return {"status": status, "reason": None if ok and spec["passed"] else reason,
+            "checks": {"coreml_spec": spec, "export": info}}
+
+
+def _tensorrt(ctx, onnx_int8, samples, path):
+    from edgeser.export.tensorrt import build_engine, check_tensorrt_rules, tensorrt_available, write_trtexec_script
+
+    rules = check_tensorrt_rules(onnx_int8)
+    b = ctx.target.static_batch
+    shapes = dict(input_name=INPUT, min_shape=(b or 1, samples), opt_shape=(b or 1, samples),
+                  max_shape=(b or 32, samples))
+    script = path.parent / "build_engine.sh"
+    cmd = write_trtexec_script(onnx_int8, script, **shapes)
+    checks = {"tensorrt_rules": rules, "trtexec_script": str(script.relative_to(ctx.run_dir)), "trtexec": cmd}
+    if not rules["passed"]:
+        return {"status": "failed", "reason": f"{len(rules['violations'])} TensorRT rule violation(s)",
+                "checks": checks}
+    ok, why = tensorrt_available()
+    if not ok:
+        return {"status": "skipped", "reason": f"{why}; rule check passed; build on the device with "
+                f"{script.relative_to(ctx.run_dir)}", "checks": checks, "path": None}
+    checks["build"] = build_engine(onnx_int8, path, **shapes, timing_cache=path.parent / "trt.cache")
+    return {"status": "exported", "reason": None, "checks": checks}
+
+
+def run(ctx: Context) -> dict:
+    fmts = ctx.recipe.export.formats
+    samples = ctx.corpus.splits["test"].x.shape[1]
+    q, _ = load_qat(ctx.stage_dir("qat") / "model.pt")
+    qexport = q.to_export()
+    fp32, _ = load_student(ctx.stage_dir("prune") / "model.pt")
+    out = ctx.artifacts_dir()
+    opset, sb = ctx.recipe.export.opset, ctx.target.static_batch
+    onnx_int8 = out / ARTIFACT_SPECS["onnx-int8"][0]
+    need_int8_onnx = "onnx-int8" in fmts or "tensorrt" in fmts
+    builders = {
+        "torchscript": lambda p: export_torchscript(qexport, samples, p),
+        "pt2": lambda p: export_pt2(qexport, samples, p, static_batch=sb),
+        "onnx-fp32": lambda p: export_onnx(fp32, samples, p, opset=opset, static_batch=sb),
+        "onnx-int8": lambda p: export_onnx(qexport, samples, p, opset=opset, static_batch=sb),
+        "coreml": lambda p: _coreml(ctx, qexport, samples, p),
+        "tensorrt": lambda p: _tensorrt(ctx, onnx_int8, samples, p),
+    }
+    if need_int8_onnx and "onnx-int8" not in fmts:
+        export_onnx(qexport, samples, onnx_int8, opset=opset, static_batch=sb)
+    records = []
+    order = [f for f in ARTIFACT_SPECS if f in fmts]
+    task = ctx.progress.add_task("export", total=len(order)) if ctx.progress else None
+    for name in order:
+        fname, precision, ref = ARTIFACT_SPECS[name]
+        path = out / fname
+        rec = {"name": name, "format": name, "precision": precision, "path": str(path.relative_to(ctx.run_dir)),
+               "reference": ref, "status": "exported", "reason": None, "checks": {}}
+        if ctx.progress:
+            ctx.progress.update(task, description=f"export {name}")
+        try:
+            extra = builders[name](path)
+            if isinstance(extra, dict):
+                rec.update(extra)
+                if rec.get("path") is None or not path.exists():
+                    rec["path"] = None
+        except Exception as e:  # one format failing must not lose the others
+            rec.update(status="failed", reason=f"{type(e).__name__}: {e}", path=None,
+                       traceback=traceback.format_exc(limit=3))
+        records.append(rec)
+        if ctx.progress:
+            ctx.progress.advance(task)
+    if ctx.progress:
+        ctx.progress.remove_task(task)
+    return ctx.finish("export", {"artifacts": records})

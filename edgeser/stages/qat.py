@@ -1,0 +1,53 @@
+"""Stage 5: quantisation-aware training to INT8 (BN folded, calibrated scales, observer freeze, KD loss)."""
+from __future__ import annotations
+
+import torch
+
+from edgeser.quant.qstudent import QuantStudent
+from edgeser.stages.common import Context, build_student, load_student, load_teacher, model_stats, save_model
+from edgeser.stages.distill import kd_objective
+from edgeser.train import evaluate, fit
+from edgeser.fileio import load_state
+
+
+@torch.no_grad()
+def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -> None:
+    """Set every activation scale from max-abs statistics (first batch initialises, later ones average)."""
+    q.eval()
+    q.set_observe(True)
+    for m in q.act_quants():
+        m.initialised.fill_(False)
+    for i in range(min(batches, (len(x) + batch_size - 1) // batch_size)):
+        chunk = x[i * batch_size : (i + 1) * batch_size]
+        q.train()  # observers update in train mode (EMA); no dropout/BN in the quantised model
+        q(chunk)
+    q.eval()
+
+
+def load_qat(path) -> tuple[QuantStudent, dict]:
+    blob = load_state(path)
+    q = QuantStudent(build_student(blob["config"]))
+    q.load_state_dict(blob["state_dict"])
+    return q.eval(), blob["config"]
+
+
+def run(ctx: Context) -> dict:
+    cfg, corpus = ctx.recipe.qat, ctx.corpus
+    student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
+    q = QuantStudent(student)
+    calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
+    calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
+    teacher = load_teacher(ctx.stage_dir("teacher") / "model.pt")
+    d = ctx.recipe.distill
+
+    def on_epoch(epoch):  # observers follow the activations, then freeze for the last epochs
+        q.set_observe(epoch <= cfg.freeze_observers_after)
+
+    info = fit(q, corpus, cfg, kd_objective(teacher, d.temperature, d.alpha), seed=ctx.recipe.seed + 3,
+               progress=ctx.progress, desc="qat", on_epoch=on_epoch)
+    q.set_observe(False)
+    info["val_ua_after_calibration"] = calibrated["ua"]
+    save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
+    metrics = {"test": evaluate(q, corpus.splits["test"], corpus.classes),
+               **model_stats(q.to_export(), corpus.splits["test"].x.shape[1]), "train": info}
+    return ctx.finish("qat", metrics)

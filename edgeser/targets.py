@@ -1,0 +1,38 @@
+"""Device profiles in targets/*.yaml: what runtime a device has and which artifact it ships."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeser.recipe import ARTIFACTS, RecipeError
+
+TARGETS_DIR = Path(os.environ.get("EDGESER_TARGETS", Path(__file__).resolve().parents[1] / "targets"))
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str
+    runtime: Literal["onnxruntime", "tensorrt", "coreml", "qnn"]
+    primary_artifact: Literal[ARTIFACTS]  # type: ignore[valid-type]
+    static_batch: int | None = Field(None, ge=1)
+    channel_multiple: int = Field(1, ge=1, le=128)
+    precision: Literal["int8", "fp16", "fp32"] = "int8"
+
+
+def available_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml"))
+
+
+def load_target(name: str) -> Target:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else TARGETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"target: unknown profile {name!r} (available: {', '.join(available_targets())})")
+    try:
+        return Target.model_validate(yaml.safe_load(path.read_text()))
+    except (ValidationError, yaml.YAMLError) as e:
+        raise RecipeError(f"target profile {path}: {e}") from None

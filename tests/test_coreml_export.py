@@ -1,0 +1,131 @@
+"""Core ML (mlprogram, iOS17) W8A8 export and static spec checks."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchao.quantization.pt2e  # noqa: F401  registers torch.ops.quantized_decomposed
+from edgeser.export.coreml import check_coreml_spec, coreml_predict_available, export_coreml
+
+qd = torch.ops.quantized_decomposed
+SHAPE = (1, 16000)
+
+
+def _qdq(x, s):
+    q = qd.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
+    return qd.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
+
+
+class TinySER(torch.nn.Module):
+    """float DFT/mel/log front-end -> 2 x Conv1d+ReLU -> mean -> Linear (int8 if quantised)."""
+
+    def __init__(self, quantised=True, k=16, mels=8, c=8, n_classes=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        n, f = torch.arange(400.0), torch.arange(k, dtype=torch.float32)[:, None]
+        ker = torch.cat([torch.cos(2 * math.pi * f * n / 400), torch.sin(2 * math.pi * f * n / 400)])
+        self.k, self.quantised = k, quantised
+        self.register_buffer("dft", ker[:, None, :])
+        self.register_buffer("mel", torch.rand(k, mels, generator=g))
+        for name, shape in (("c1", (c, mels, 3)), ("c2", (c, c, 3)), ("fc", (n_classes, c))):
+            w = torch.randn(shape, generator=g) * 0.2
+            s = w.abs().flatten(1).amax(1) / 127
+            q = torch.round(w / s.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127).to(torch.int8)
+            self.register_buffer(f"{name}_q", q)
+            self.register_buffer(f"{name}_s", s)
+            self.register_buffer(f"{name}_z", torch.zeros(shape[0], dtype=torch.int64))
+            self.register_buffer(f"{name}_w", w)
+            self.register_buffer(f"{name}_b", torch.randn(shape[0], generator=g) * 0.1)
+
+    def _w(self, name):
+        if not self.quantised:
+            return getattr(self, f"{name}_w")
+        return qd.dequantize_per_channel(getattr(self, f"{name}_q"), getattr(self, f"{name}_s"),
+                                         getattr(self, f"{name}_z"), 0, -127, 127, torch.int8)
+
+    def forward(self, x):
+        a = _qdq if self.quantised else (lambda t, s: t)
+        y = F.conv1d(x.unsqueeze(1), self.dft, stride=160)
+        p = y[:, : self.k] ** 2 + y[:, self.k:] ** 2
+        m = torch.log(torch.matmul(p.transpose(1, 2), self.mel).transpose(1, 2) + 1e-6)
+        h = a((m - m.mean(-1, keepdim=True)) / 4.0, 0.05)
+        h = a(F.relu(a(F.conv1d(h, self._w("c1"), self.c1_b, padding=1), 0.1)), 0.1)
+        h = a(F.relu(a(F.conv1d(h, self._w("c2"), self.c2_b, padding=1), 0.1)), 0.1)
+        h = a(h.mean(-1), 0.1)
+        return a(F.linear(h, self._w("fc"), self.fc_b), 0.05)
+
+
+def _check(path, **kw):
+    args = dict(input_name="audio", input_shape=SHAPE, output_name="logits", n_classes=4)
+    return check_coreml_spec(path, **{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def int8_pkg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("coreml") / "tiny.mlpackage"
+    info = export_coreml(TinySER(), torch.randn(SHAPE), path)
+    return path, info
+
+
+def test_export_int8_passes(int8_pkg):
+    path, info = int8_pkg
+    assert info["route"] == "direct-quantized_decomposed"
+    assert info["minimum_deployment_target"] == "iOS17" and path.is_dir()
+    res = _check(path, frontend_ops_allowed=20)
+    assert res["passed"], res["violations"]
+    assert res["int8_weight_layers"] == 3 and res["float_weight_layers"] == 0
+    assert res["ops"]["constexpr_affine_dequantize"] == 3
+    assert res["ops"]["quantize"] == res["ops"]["dequantize"] == 7
+    assert res["float_compute_ops"] == []
+    # DFT conv and mel matmul (lowered to `linear`) stay float in the front-end
+    assert res["ops"]["conv"] == 3 and res["ops"]["linear"] == 2
+    assert {"conv1d", "matmul", "log"} <= set(res["frontend_ops"])
+
+
+def test_atomic_overwrite(int8_pkg):
+    path, _ = int8_pkg
+    export_coreml(TinySER(), torch.randn(SHAPE), path)  # replace an existing package
+    assert _check(path)["passed"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.mlpackage"]
+
+
+def test_float_model_fails_int8_check(tmp_path):
+    path = tmp_path / "float.mlpackage"
+    export_coreml(TinySER(quantised=False), torch.randn(SHAPE), path)
+    res = _check(path)
+    assert not res["passed"] and res["int8_weight_layers"] == 0
+    assert any("conv1d_1" in v and "not int8" in v for v in res["violations"]), res["violations"]
+    assert any("no quantize op" in v for v in res["violations"])
+
+
+def test_wrong_input_name_fails(int8_pkg):
+    res = _check(int8_pkg[0], input_name="waveform")
+    assert not res["passed"]
+    assert any(v.startswith("input: expected name 'waveform'") for v in res["violations"])
+
+
+def test_wrong_classes_and_frontend_budget_fail(int8_pkg):
+    res = _check(int8_pkg[0], n_classes=7, frontend_ops_allowed=3)
+    assert any("output 'logits'" in v for v in res["violations"])
+    assert any(v.startswith("front-end:") for v in res["violations"])
+
+
+def test_predict_available_reason():
+    ok, reason = coreml_predict_available()
+    assert isinstance(ok, bool) and reason
+    if not ok:
+        assert reason == "CoreML predict() runs only on macOS"
+
+
+def test_coreml_predict_matches_torch(int8_pkg):
+    ok, reason = coreml_predict_available()
+    if not ok:
+        pytest.skip(reason)
+    import coremltools as ct
+    x = torch.randn(SHAPE) * 0.1
+    ref = TinySER()(x).detach().numpy()
+    out = ct.models.MLModel(str(int8_pkg[0])).predict({"audio": x.numpy()})["logits"]
+    # one int8 step of the logits' scale (0.05) covers fp16 rounding
+    assert np.abs(out - ref).max() <= 0.051
