@@ -13,8 +13,8 @@ from edgeser.recipe import RecipeError, load_recipe
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress speech-emotion models for edge devices.")
 data_app = typer.Typer(no_args_is_help=True, help="Corpora: generate the built-in synthetic one.")
 app.add_typer(data_app, name="data")
-console = Console()
-err = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _bad_input(msg: str) -> None:

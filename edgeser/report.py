@@ -67,6 +67,7 @@ def run(ctx: Context) -> dict:
 
 
 def print_report(console, report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"edgeser: {report['recipe']['name']} → {report['target']['name']}")
@@ -79,7 +80,7 @@ def print_report(console, report: dict) -> None:
     console.print(table)
     for a in report["artifacts"]:
         if a.get("reason"):
-            console.print(f"[yellow]{a['name']}[/]: {a['reason']}")
+            console.print(f"[yellow]{a['name']}[/]: {escape(str(a['reason']))}")
     for g in report["gates"]:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
-        console.print(f"{mark} {g['name']}: {g['value']} (limit {g['limit']})")
+        console.print(f"{mark} {escape(g['name'])}: {escape(str(g['value']))} (limit {escape(str(g['limit']))})")

@@ -71,7 +71,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             if progress:
                 progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{cfg.epochs}")
         val_m = evaluate(model, val, corpus.classes)

@@ -21,12 +21,12 @@ def _qdq(x, s):
 class TinySER(torch.nn.Module):
     """float DFT/mel/log front-end -> 2 x Conv1d+ReLU -> mean -> Linear (int8 if quantised)."""
 
-    def __init__(self, quantised=True, k=16, mels=8, c=8, n_classes=4):
+    def __init__(self, quantised=True, quant_dft=False, k=16, mels=8, c=8, n_classes=4):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         n, f = torch.arange(400.0), torch.arange(k, dtype=torch.float32)[:, None]
         ker = torch.cat([torch.cos(2 * math.pi * f * n / 400), torch.sin(2 * math.pi * f * n / 400)])
-        self.k, self.quantised = k, quantised
+        self.k, self.quantised, self.quant_dft = k, quantised, quant_dft
         self.register_buffer("dft", ker[:, None, :])
         self.register_buffer("mel", torch.rand(k, mels, generator=g))
         for name, shape in (("c1", (c, mels, 3)), ("c2", (c, c, 3)), ("fc", (n_classes, c))):
@@ -47,7 +47,10 @@ class TinySER(torch.nn.Module):
 
     def forward(self, x):
         a = _qdq if self.quantised else (lambda t, s: t)
-        y = F.conv1d(x.unsqueeze(1), self.dft, stride=160)
+        if self.quant_dft:  # the project's layout: Q/DQ around the DFT conv, float mel/log island
+            y = _qdq(F.conv1d(_qdq(x.unsqueeze(1), 0.01), self.dft, stride=160), 0.5)
+        else:
+            y = F.conv1d(x.unsqueeze(1), self.dft, stride=160)
         p = y[:, : self.k] ** 2 + y[:, self.k:] ** 2
         m = torch.log(torch.matmul(p.transpose(1, 2), self.mel).transpose(1, 2) + 1e-6)
         h = a((m - m.mean(-1, keepdim=True)) / 4.0, 0.05)
@@ -78,10 +81,36 @@ def test_export_int8_passes(int8_pkg):
     assert res["int8_weight_layers"] == 3 and res["float_weight_layers"] == 0
     assert res["ops"]["constexpr_affine_dequantize"] == 3
     assert res["ops"]["quantize"] == res["ops"]["dequantize"] == 7
-    assert res["float_compute_ops"] == []
+    assert set(res["float_compute_ops"]) <= set(res["frontend_ops"])
     # DFT conv and mel matmul (lowered to `linear`) stay float in the front-end
     assert res["ops"]["conv"] == 3 and res["ops"]["linear"] == 2
     assert {"conv1d", "matmul", "log"} <= set(res["frontend_ops"])
+
+
+def _op_dtypes(path):
+    import coremltools as ct
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    fn = spec.mlProgram.functions["main"]
+    ops = fn.block_specializations[fn.opset].operations
+    return spec, {op.outputs[0].name: op.outputs[0].type.tensorType.dataType for op in ops}
+
+
+def test_quantised_dft_with_float_mel_island(tmp_path):
+    """Float ops between Q/DQ regions (power, mel matmul, log) belong to the front-end, in fp32."""
+    from coremltools.proto import FeatureTypes_pb2, MIL_pb2
+    path = tmp_path / "qdft.mlpackage"
+    export_coreml(TinySER(quant_dft=True), torch.randn(SHAPE), path)
+    res = _check(path, frontend_ops_allowed=20)
+    assert res["passed"], res["violations"]
+    assert res["ops"]["quantize"] == 9 and res["int8_weight_layers"] == 3
+    assert res["frontend_float_layers"] == ["conv1d", "matmul"]  # DFT conv + mel projection
+    assert {"log", "add"} <= set(res["float_compute_ops"])
+    spec, dtypes = _op_dtypes(path)
+    fp32, fp16 = MIL_pb2.DataType.Value("FLOAT32"), MIL_pb2.DataType.Value("FLOAT16")
+    assert dtypes["log"] == fp32 and dtypes["conv1d"] == fp32
+    assert dtypes["conv1d_1_cast_fp16"] == fp16  # the quantised body runs in fp16
+    assert spec.description.input[0].type.multiArrayType.dataType == \
+        FeatureTypes_pb2.ArrayFeatureType.FLOAT32
 
 
 def test_atomic_overwrite(int8_pkg):

@@ -1,18 +1,19 @@
 """Core ML export of export-form INT8 SER models, plus a static spec check.
 
 Route (verified with coremltools 9.0 / torch 2.13): ``coremltools.convert`` on a
-``torch.export`` ExportedProgram translates the ``quantized_decomposed`` ops
-directly, so no post-hoc ``coremltools.optimize`` pass is needed:
+``torch.export`` ExportedProgram translates the ``quantized_decomposed`` ops directly,
+so no post-hoc ``coremltools.optimize`` pass is needed:
 
 * ``dequantize_per_channel`` on an int8 buffer -> ``constexpr_affine_dequantize``
-  (int8 weight blob + per-channel scale, axis 0) feeding ``conv`` / ``linear``;
-* ``quantize_per_tensor``/``dequantize_per_tensor`` on activations -> MIL
-  ``quantize`` (output int8) / ``dequantize`` pairs.
+  (int8 weight blob, per-channel scale, axis 0) feeding ``conv`` / ``linear``;
+* ``quantize_per_tensor``/``dequantize_per_tensor`` -> MIL ``quantize`` (int8 output)
+  / ``dequantize`` pairs.
 
-The float front-end (DFT conv -> power -> mel -> log -> normalise) is kept in
-fp32 by default (``frontend_fp32=True``): in fp16, |DFT|^2 of a loud signal
-can overflow 65504.  Everything downstream of the first activation quantize
-runs in fp16.
+Front-end vs body: the *body* is the tail of the program in which every compute op sits
+between a ``dequantize`` and a ``quantize`` (data-movement ops are transparent); the
+*front-end* is everything before it (e.g. DFT conv -> power -> mel -> log -> normalise).
+With ``frontend_fp32=True`` (default) the front-end is kept in fp32: in fp16 |DFT|^2 of a
+loud clip can overflow 65504 and ``log(x + 1e-10)`` of silence becomes ``log(0)``.
 """
 from __future__ import annotations
 
@@ -20,51 +21,83 @@ import os
 import platform
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
-QUANT_OPS = {"quantize"}
-DEQUANT_OPS = {"dequantize"}
-CONSTEXPR_WEIGHT_OPS = {  # ops that materialise a compressed constant weight
-    "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
-    "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-}
-WEIGHT_LAYER_OPS = {"conv": "weight", "conv_transpose": "weight", "linear": "weight",
-                    "matmul": "y"}
-WEIGHTISH = {"const"} | CONSTEXPR_WEIGHT_OPS
-NON_COMPUTE_OPS = {"const", "cast"} | QUANT_OPS | DEQUANT_OPS | CONSTEXPR_WEIGHT_OPS
+CONSTEXPR_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
+                 "constexpr_lut_to_dense", "constexpr_sparse_to_dense"}
+CONSTANT_OPS = {"const"} | CONSTEXPR_OPS
+DATA_MOVE_OPS = {"cast", "reshape", "transpose", "squeeze", "expand_dims", "slice_by_index",
+                 "slice_by_size", "concat", "split", "identity", "tile", "gather"}
+PASSIVE_OPS = CONSTANT_OPS | DATA_MOVE_OPS | {"quantize", "dequantize"}
+WEIGHT_LAYER_OPS = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
 
 
-def _frontend_selector():
-    """FP16ComputePrecision op_selector: fp16 only for ops downstream of a quantize."""
-    def downstream_of_quantize(op) -> bool:
-        if op.op_type.startswith("constexpr_"):  # int8 weights: dequantize straight to fp16
-            return True
-        stack, seen = [op], set()
-        while stack:
-            cur = stack.pop()
-            if id(cur) in seen:
-                continue
-            seen.add(id(cur))
-            if cur.op_type == "quantize":
-                return True
-            for v in cur.inputs.values():
-                for var in v if isinstance(v, (list, tuple)) else [v]:
-                    if getattr(var, "op", None) is not None:
-                        stack.append(var.op)
-        return False
-    return downstream_of_quantize
+def _frontend_end(nodes) -> tuple[int, list[int]]:
+    """``nodes``: ``[(op_type, input_names, output_names)]`` in program order.
+
+    Returns (index one past the front-end, indices of float compute ops), where a float
+    compute op is one not sandwiched ``dequantize -> op -> quantize``.  No quantize at all
+    means there is no front-end (the whole model is checked as body).
+    """
+    prod = {o: i for i, (_, _, outs) in enumerate(nodes) for o in outs}
+    cons = defaultdict(list)
+    for i, (_, ins, _) in enumerate(nodes):
+        for n in ins:
+            cons[n].append(i)
+    acts = lambda i: [n for n in nodes[i][1] if n not in prod or nodes[prod[n]][0] not in CONSTANT_OPS]  # noqa: E731
+
+    def from_dq(name):
+        i = prod.get(name)
+        if i is None:
+            return False  # a graph input: float
+        return nodes[i][0] == "dequantize" or (
+            nodes[i][0] in DATA_MOVE_OPS and all(from_dq(n) for n in acts(i)))
+
+    def to_q(name):
+        users = cons.get(name)
+        return bool(users) and all(nodes[j][0] == "quantize" or (
+            nodes[j][0] in DATA_MOVE_OPS and all(to_q(o) for o in nodes[j][2])) for j in users)
+
+    floats = [i for i, (t, _, outs) in enumerate(nodes) if t not in PASSIVE_OPS
+              and not (all(from_dq(n) for n in acts(i)) and all(to_q(o) for o in outs))]
+    if not any(t == "quantize" for t, _, _ in nodes):
+        return 0, floats
+    return (floats[-1] + 1 if floats else 0), floats
+
+
+def _mil_nodes(ops):
+    def names(v):
+        return [x.name for x in (v if isinstance(v, (list, tuple)) else [v])]
+    return [(op.op_type, [n for v in op.inputs.values() for n in names(v)],
+             [o.name for o in op.outputs]) for op in ops]
+
+
+def _fp32_frontend_selector():
+    """FP16ComputePrecision op_selector: True (-> fp16) for everything but the front-end."""
+    cache: dict[int, set] = {}
+
+    def select(op) -> bool:
+        block = op.enclosing_block
+        if id(block) not in cache:  # analyse once, before the pass has rewritten anything
+            ops = list(block.operations)
+            end, _ = _frontend_end(_mil_nodes(ops))
+            cache[id(block)] = {o.name for o in ops[:end]}
+        front = cache[id(block)]
+        if op.op_type in CONSTEXPR_OPS:  # decompress weights in their consumer's precision
+            return not any(c.name in front for c in op.outputs[0].child_ops)
+        return op.name not in front
+    return select
 
 
 def _atomic_save_dir(mlmodel, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".tmp-mlpkg-", dir=path.parent))
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         tmp = tmp_root / path.name
         mlmodel.save(str(tmp))
-        old = None
-        if path.exists():  # os.replace cannot overwrite a non-empty directory
-            old = path.with_name(path.name + ".old")
+        old = path.with_name(f".{path.name}.old") if path.exists() else None
+        if old is not None:  # os.replace cannot overwrite a non-empty directory
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
@@ -85,34 +118,20 @@ def export_coreml(model, example_input, path, *, input_name: str = "audio",
     path = Path(path)
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (example_input,)).run_decompositions({})
+    shape = tuple(example_input.shape)
     if frontend_fp32:
-        precision = ct.transform.FP16ComputePrecision(op_selector=_frontend_selector())
-        in_type = ct.TensorType(name=input_name, shape=tuple(example_input.shape),
-                                dtype=np.float32)
+        precision = ct.transform.FP16ComputePrecision(op_selector=_fp32_frontend_selector())
+        in_type = ct.TensorType(name=input_name, shape=shape, dtype=np.float32)
     else:
         precision = ct.precision.FLOAT16
-        in_type = ct.TensorType(name=input_name, shape=tuple(example_input.shape))
-    mlmodel = ct.convert(
-        ep,
-        convert_to="mlprogram",
-        minimum_deployment_target=ct.target.iOS17,
-        compute_precision=precision,
-        inputs=[in_type],
-        outputs=[ct.TensorType(name=output_name)],
-    )
+        in_type = ct.TensorType(name=input_name, shape=shape)  # fp16 input
+    mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                         compute_precision=precision, inputs=[in_type],
+                         outputs=[ct.TensorType(name=output_name)])
     _atomic_save_dir(mlmodel, path)
     return {"path": str(path), "route": "direct-quantized_decomposed",
             "minimum_deployment_target": "iOS17",
             "frontend_precision": "fp32" if frontend_fp32 else "fp16"}
-
-
-def _load_ops(mlpackage_path):
-    import coremltools as ct
-    spec = ct.models.MLModel(str(mlpackage_path), skip_model_load=True).get_spec()
-    if spec.WhichOneof("Type") != "mlProgram":
-        return spec, []
-    fn = spec.mlProgram.functions["main"]
-    return spec, list(fn.block_specializations[fn.opset].operations)
 
 
 def _shape(feature) -> list[int]:
@@ -121,15 +140,19 @@ def _shape(feature) -> list[int]:
 
 def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_name: str,
                       n_classes: int, frontend_ops_allowed: int | None = None) -> dict:
-    """Static W8A8 check of a saved ``.mlpackage`` (no Core ML runtime needed)."""
+    """Static W8A8 check of a saved ``.mlpackage`` (no Core ML runtime needed).
+
+    Violations: interface (names, shapes, spec version >= iOS17); no activation quantize
+    ops; a body conv/linear/matmul whose constant weight is not int8; an int8-weight layer
+    whose input activation is not quantised (W8A16); more than ``frontend_ops_allowed``
+    compute ops in the front-end.  Float-weight layers in the front-end (e.g. the mel
+    matmul) are allowed and listed in ``frontend_float_layers``.
+    """
     import coremltools as ct
     from coremltools.proto import MIL_pb2
 
-    int8 = MIL_pb2.DataType.Value("INT8")
-    spec, ops = _load_ops(mlpackage_path)
+    spec = ct.models.MLModel(str(mlpackage_path), skip_model_load=True).get_spec()
     v: list[str] = []
-
-    # --- interface --------------------------------------------------------
     ins = {f.name: f for f in spec.description.input}
     outs = {f.name: f for f in spec.description.output}
     if input_name not in ins:
@@ -143,62 +166,65 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
         v.append(f"output {output_name!r}: shape {_shape(outs[output_name])} != {want_out}")
     if spec.specificationVersion < ct.target.iOS17.value:
         v.append(f"spec version {spec.specificationVersion} < iOS17 ({ct.target.iOS17.value})")
-    if not ops:
+    ops = []
+    if spec.WhichOneof("Type") == "mlProgram":
+        fn = spec.mlProgram.functions["main"]
+        ops = list(fn.block_specializations[fn.opset].operations)
+    else:
         v.append("not an mlprogram model")
 
-    # --- graph walk ---------------------------------------------------------
-    producer, names = {}, []
-    for op in ops:
-        for o in op.outputs:
-            producer[o.name] = op
-        names.append(op.outputs[0].name if op.outputs else op.type)
+    nodes = [(op.type, [a.name for arg in op.inputs.values() for a in arg.arguments if a.name],
+              [o.name for o in op.outputs]) for op in ops]
+    names = [outs_[0] if outs_ else t for t, _, outs_ in nodes]
+    producer = {o: op for op, (_, _, outs_) in zip(ops, nodes) for o in outs_}
+    end, floats = _frontend_end(nodes)
+    counts = Counter(op.type for op in ops)
+    if not counts["quantize"]:
+        v.append("activations: no quantize op found (model is not activation-quantised)")
+    elif counts["quantize"] != counts["dequantize"]:
+        v.append(f"activations: {counts['quantize']} quantize vs {counts['dequantize']} dequantize ops")
+    front = [names[i] for i in range(end) if nodes[i][0] not in PASSIVE_OPS]
+    if frontend_ops_allowed is not None and len(front) > frontend_ops_allowed:
+        v.append(f"front-end: {len(front)} compute ops before the quantised body "
+                 f"> allowed {frontend_ops_allowed}")
+
+    int8 = MIL_pb2.DataType.Value("INT8")
 
     def src(op, arg):
         a = op.inputs.get(arg)
         return producer.get(a.arguments[0].name) if a and a.arguments and a.arguments[0].name else None
 
-    def constexpr_is_int8(op) -> bool:
-        if op.type == "constexpr_affine_dequantize":
-            return op.attributes["quantized_data"].type.tensorType.dataType == int8
-        data = src(op, "data")  # iOS18 constexpr_blockwise_shift_scale
-        return data is not None and data.outputs[0].type.tensorType.dataType == int8
+    def is_int8(w) -> bool:
+        if w.type == "constexpr_affine_dequantize":
+            return w.attributes["quantized_data"].type.tensorType.dataType == int8
+        data = src(w, "data")  # iOS18+ constexpr_blockwise_shift_scale
+        return w.type in CONSTEXPR_OPS and data is not None and \
+            data.outputs[0].type.tensorType.dataType == int8
 
-    first_q = next((i for i, op in enumerate(ops) if op.type in QUANT_OPS), None)
-    n_front = first_q if first_q is not None else 0  # no quantize at all -> no front-end
-    counts = Counter(op.type for op in ops)
-    if first_q is None:
-        v.append("activations: no quantize op found (model is not activation-quantised)")
-    elif counts["quantize"] != counts["dequantize"]:
-        v.append(f"activations: {counts['quantize']} quantize vs {counts['dequantize']} dequantize ops")
-    front_compute = [n for op, n in zip(ops[:n_front], names) if op.type not in NON_COMPUTE_OPS]
-    if frontend_ops_allowed is not None and len(front_compute) > frontend_ops_allowed:
-        v.append(f"front-end: {len(front_compute)} float ops before the first quantize "
-                 f"> allowed {frontend_ops_allowed}")
-
-    int8_layers = float_layers = 0
-    float_compute = []
-    for i, (op, name) in enumerate(zip(ops, names)):
-        if op.type in NON_COMPUTE_OPS or i < n_front:
+    int8_layers, body_float, front_float = 0, [], []
+    for i, op in enumerate(ops):
+        if op.type not in WEIGHT_LAYER_OPS:
             continue
-        x, w = src(op, "x"), src(op, WEIGHT_LAYER_OPS.get(op.type, "weight"))
-        if op.type == "matmul" and x is not None and x.type in WEIGHTISH:
+        x, w = src(op, "x"), src(op, WEIGHT_LAYER_OPS[op.type])
+        if op.type == "matmul" and x is not None and x.type in CONSTANT_OPS:
             x, w = w, x  # constant on the left: matmul(W, act)
-        if op.type in WEIGHT_LAYER_OPS:
-            if w is None or w.type not in WEIGHTISH:
-                pass  # activation x activation matmul: not a weight layer
-            elif w.type in CONSTEXPR_WEIGHT_OPS and constexpr_is_int8(w):
-                int8_layers += 1
-            else:
-                float_layers += 1
-                v.append(f"layer {name!r} ({op.type}): weight is not int8 (produced by {w.type})")
-            if x is None or x.type not in DEQUANT_OPS:
-                v.append(f"layer {name!r} ({op.type}): input activation is not quantised")
-        if x is None or x.type not in DEQUANT_OPS:
-            float_compute.append(name)
+        if w is None or w.type not in CONSTANT_OPS:
+            continue  # activation x activation matmul: not a weight layer
+        if is_int8(w):
+            int8_layers += 1
+            if i in floats:
+                v.append(f"layer {names[i]!r} ({op.type}): int8 weight but activations not "
+                         "quantised (not between dequantize and quantize; W8A16)")
+        elif i < end:
+            front_float.append(names[i])
+        else:
+            body_float.append(names[i])
+            v.append(f"layer {names[i]!r} ({op.type}): weight is not int8 (produced by {w.type})")
 
     return {"passed": not v, "violations": v, "ops": dict(counts),
-            "int8_weight_layers": int8_layers, "float_weight_layers": float_layers,
-            "frontend_ops": front_compute, "float_compute_ops": float_compute,
+            "int8_weight_layers": int8_layers, "float_weight_layers": len(body_float),
+            "frontend_float_layers": front_float, "frontend_ops": front,
+            "float_compute_ops": [names[i] for i in floats],
             "spec_version": spec.specificationVersion}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import traceback
 
-from edgeser.export.onnx_export import INPUT, OUTPUT, export_onnx, export_pt2, export_torchscript, example_batch
+from edgeser.export.onnx_export import INPUT, OUTPUT, example_batch, export_onnx, export_pt2, export_torchscript, quiet
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
 
@@ -19,10 +19,11 @@ ARTIFACT_SPECS = {
 
 
 def _coreml(ctx, qexport, samples, path):
-    from edgeser.export.coreml import check_coreml_spec, coreml_predict_available, export_coreml
+    with quiet():  # coremltools prints import warnings and per-pass progress bars
+        from edgeser.export.coreml import check_coreml_spec, coreml_predict_available, export_coreml
 
-    x = example_batch(samples, ctx.target.static_batch or 1)
-    info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT)
+        x = example_batch(samples, ctx.target.static_batch or 1)
+        info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT)
     spec = check_coreml_spec(path, input_name=INPUT, input_shape=tuple(x.shape), output_name=OUTPUT,
                              n_classes=len(ctx.corpus.classes))
     ok, reason = coreml_predict_available()

@@ -1,0 +1,47 @@
+"""Shared fixtures: one tiny synthetic corpus and one tiny end-to-end run, reused by the stage tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "target": "cpu",
+    "data": {"synth": {"seed": 0, "clips_per_class": 24, "n_speakers": 6, "clip_seconds": 1.0}, "clip_seconds": 1.0},
+    "teacher": {"epochs": 1, "width_mult": 0.25, "batch_size": 16},
+    "student": {"channels": [16, 16, 16, 16]},
+    "distill": {"epochs": 2, "batch_size": 16},
+    "prune": {"epochs": 1, "channel_ratio": 0.5, "batch_size": 16},
+    "qat": {"epochs": 1, "batch_size": 16, "calib_batches": 2},
+    # tiny models trained one epoch are near chance: the gates here test mechanics, not accuracy
+    "verify": {"max_ua_drop_pt": 100, "min_agreement": 0.5, "latency_runs": 5},
+}
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe_path(tmp_path_factory) -> Path:
+    return write_recipe(tmp_path_factory.mktemp("recipe") / "tiny.yaml", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_recipe_path):
+    """The whole pipeline once on tiny sizes; returns (run_dir, report)."""
+    from rich.console import Console
+
+    from edgeser.pipeline import compress
+    from edgeser.recipe import load_recipe
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    report = compress(load_recipe(tiny_recipe_path), run_dir, console=Console(quiet=True), show_progress=False)
+    return run_dir, report

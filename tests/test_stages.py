@@ -1,0 +1,112 @@
+"""Every stage on tiny sizes: each writes its artifact and metrics.json, and the report holds the contract."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import torch
+
+from edgeser.stages.common import load_student, load_teacher
+from edgeser.stages.qat import load_qat
+
+
+def _metrics(run_dir, stage):
+    return json.loads((run_dir / "stages" / stage / "metrics.json").read_text())
+
+
+def test_data_stage_splits_by_speaker(tiny_run):
+    run_dir, _ = tiny_run
+    m = _metrics(run_dir, "data")
+    spk = {k: set(v) for k, v in m["speakers"].items()}
+    assert spk["train"] and spk["val"] and spk["test"]
+    assert not (spk["train"] & spk["val"]) and not (spk["train"] & spk["test"]) and not (spk["val"] & spk["test"])
+    assert len(m["classes"]) >= 4 and sum(m["sizes"].values()) == 4 * 24
+
+
+def test_teacher_stage(tiny_run):
+    run_dir, _ = tiny_run
+    m = _metrics(run_dir, "teacher")
+    t = load_teacher(run_dir / "stages/teacher/model.pt")
+    assert len(t.trunk) == 7  # conv1..conv7
+    assert m["params"] == sum(p.numel() for p in t.parameters())
+    assert 0 <= m["test"]["ua"] <= 1 and np.array(m["test"]["confusion"]).sum() == m["test"]["n"]
+    assert len(m["train"]["history"]) == 1
+
+
+def test_distill_stage(tiny_run):
+    run_dir, _ = tiny_run
+    m = _metrics(run_dir, "distill")
+    s, cfg = load_student(run_dir / "stages/distill/model.pt")
+    assert cfg["channels"] == [16, 16, 16, 16]
+    assert s(torch.zeros(2, 16000)).shape == (2, 4)  # PCM in, logits out
+    assert len(m["train"]["history"]) == 2
+
+
+def test_prune_stage_removes_channels(tiny_run):
+    run_dir, _ = tiny_run
+    m = _metrics(run_dir, "prune")
+    _, cfg = load_student(run_dir / "stages/prune/model.pt")
+    assert cfg["channels"] == [8, 8, 8, 8]
+    assert m["params"] < m["before"]["params"] and m["macs"] < m["before"]["macs"]
+
+
+def test_qat_stage_scales_calibrated(tiny_run):
+    run_dir, _ = tiny_run
+    q, _ = load_qat(run_dir / "stages/qat/model.pt")
+    scales = [float(a.scale) for a in q.act_quants()]
+    assert all(s > 0 for s in scales) and len(set(scales)) > 3  # calibrated per tensor, not defaults
+    assert all(bool(a.initialised) for a in q.act_quants())
+
+
+def test_export_stage_writes_every_format(tiny_run):
+    run_dir, report = tiny_run
+    names = [a["name"] for a in report["artifacts"]]
+    assert names == ["torchscript", "pt2", "onnx-fp32", "onnx-int8", "coreml", "tensorrt"]
+    g = onnx.load(run_dir / "artifacts/student_int8.onnx").graph
+    ops = {n.op_type for n in g.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "STFT" not in ops and "DFT" not in ops
+    assert g.input[0].name == "audio" and g.output[0].name == "logits"
+    assert (run_dir / "artifacts/build_engine.sh").read_text().count("trtexec") >= 1
+
+
+def test_verify_stage_statuses(tiny_run):
+    _, report = tiny_run
+    by = {a["name"]: a for a in report["artifacts"]}
+    for n in ("torchscript", "pt2", "onnx-fp32", "onnx-int8"):
+        a = by[n]
+        assert a["status"] == "verified", a
+        assert len(a["sha256"]) == 64 and a["size_bytes"] > 0
+        assert a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
+        assert 0 <= a["ua"] <= 1 and a["agreement"] >= 0.9
+    assert by["onnx-int8"]["size_bytes"] < by["onnx-fp32"]["size_bytes"]
+    for n in ("coreml", "tensorrt"):
+        assert by[n]["status"] == "skipped" and by[n]["reason"]
+    assert by["tensorrt"]["checks"]["tensorrt_rules"]["passed"]
+    assert by["coreml"]["checks"]["coreml_spec"]["passed"]
+
+
+def test_report_files(tiny_run):
+    run_dir, report = tiny_run
+    r = json.loads((run_dir / "report.json").read_text())
+    assert set(r) >= {"recipe", "teacher", "artifacts", "gates", "waterfall"}
+    assert set(r["teacher"]) >= {"ua", "wa", "macro_f1", "params", "size_bytes"}
+    for a in r["artifacts"]:
+        assert set(a) >= {"name", "format", "precision", "path", "status", "reason"}
+    assert all(g["passed"] for g in r["gates"]) and r["passed"]
+    md = (run_dir / "report.md").read_text()
+    assert "| onnx-int8 | int8 | verified |" in md and "## Gates" in md
+
+
+def test_gate_failure_exits_1(tiny_recipe_path, tmp_path):
+    """A gate nobody can meet (0.001 ms latency) breaks the run with exit code 1."""
+    from typer.testing import CliRunner
+
+    from edgeser.cli import app
+
+    res = CliRunner().invoke(app, ["compress", "--recipe", str(tiny_recipe_path), "--out", str(tmp_path / "r"),
+                                   "--no-progress", "--set", "verify.max_latency_ms=0.001",
+                                   "--set", "export.formats=[onnx-int8]", "--set", "teacher.epochs=0",
+                                   "--set", "distill.epochs=0", "--set", "prune.epochs=0", "--set", "qat.epochs=0"])
+    assert res.exit_code == 1, res.output
+    assert "FAIL" in res.output and "latency" in res.output
