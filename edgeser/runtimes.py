@@ -52,7 +52,7 @@ def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
 def load_runner(fmt: str, path: Path) -> Runner:
     if fmt.startswith("onnx"):
         return onnx_runner(path)
-    import torchao.quantization.pt2e  # noqa: F401  (Q/DQ ops used by the int8 graphs)
+    import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)
 
     if fmt == "torchscript":
         return torch_runner(torch.jit.load(str(path), map_location="cpu"))

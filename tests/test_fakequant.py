@@ -60,7 +60,7 @@ def test_export_graph_matches_fakequant_and_runs_int8_kernels(tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(path), so)
     ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
-    assert ops["QLinearConv"] >= 4, ops  # INT8 kernels, not float fall-back
+    assert ops["QLinearConv"] == 5 and ops["Conv"] == 0, ops  # INT8 kernels for the DFT and every body conv
     # every Q/DQ is symmetric: zero point 0, int8
     g = onnx.load(path).graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import torchao.quantization.pt2e  # noqa: F401  registers torch.ops.quantized_decomposed
 from edgeser.export.tensorrt import (build_engine, check_tensorrt_rules, tensorrt_available,

@@ -44,7 +44,10 @@ class LogMel(nn.Module):
         kp[:, :-1] -= preemph * k
         self.dft = nn.Conv1d(1, 2 * n_freqs, n + 1, stride=self.hop, bias=False)
         self.dft.weight.data = torch.tensor(kp[:, None, :], dtype=torch.float32)
-        self.register_buffer("mel", torch.tensor(mel_filterbank(n_mels, freqs, sr)))
+        fb = mel_filterbank(n_mels, freqs, sr)
+        # applied to [re; im]^2 at once: mel @ (re^2 + im^2) == [mel, mel] @ [re; im]^2. One consumer of the
+        # DFT output keeps onnxruntime's QDQ fusion (QLinearConv) for the INT8 DFT.
+        self.register_buffer("mel", torch.tensor(np.concatenate([fb, fb], axis=1)))
         self.n_freqs = n_freqs
         self.range = top_db / 10.0 * math.log(10.0)  # top_db in natural-log power units
         self.requires_grad_(False)
@@ -53,10 +56,11 @@ class LogMel(nn.Module):
         return (samples - self.dft.kernel_size[0]) // self.hop + 1
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = self.dft(wav.unsqueeze(1))  # (B, 2F, T)
-        re, im = spec[:, : self.n_freqs], spec[:, self.n_freqs :]
-        power = re * re + im * im
-        mel = torch.matmul(self.mel, power)  # (B, n_mels, T)
+        return self.from_spectrum(self.dft(wav.unsqueeze(1)))
+
+    def from_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 2F, T) real and imaginary DFT parts -> normalised log-mel (B, n_mels, T)."""
+        mel = torch.matmul(self.mel, spec.pow(2))
         logmel = torch.log(mel + 1e-10)
         peak = logmel.amax(dim=(1, 2), keepdim=True)
         logmel = torch.maximum(logmel, peak - self.range)

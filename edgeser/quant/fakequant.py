@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import torchao.quantization.pt2e  # noqa: F401  (registers torch.ops.quantized_decomposed)
-
-QD = torch.ops.quantized_decomposed
+from edgeser.quant.ops import QD
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:

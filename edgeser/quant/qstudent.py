@@ -23,13 +23,7 @@ class QuantFrontend(nn.Module):
         del self.fe.dft
 
     def forward(self, wav):
-        spec = self.dft_q(self.dft(self.in_q(wav.unsqueeze(1))))
-        fe, f = self.fe, self.fe.n_freqs
-        re, im = spec[:, :f], spec[:, f:]
-        logmel = torch.log(torch.matmul(fe.mel, re * re + im * im) + 1e-10)
-        peak = logmel.amax(dim=(1, 2), keepdim=True)
-        logmel = torch.maximum(logmel, peak - fe.range)
-        return (logmel - peak) * (2.0 / fe.range) + 1.0
+        return self.fe.from_spectrum(self.dft_q(self.dft(self.in_q(wav.unsqueeze(1)))))
 
 
 class QuantStudent(nn.Module):

@@ -50,7 +50,7 @@ def _tensorrt(ctx, onnx_int8, samples, path):
     if not ok:
         return {"status": "skipped", "reason": f"{why}; rule check passed; build on the device with "
                 f"{script.relative_to(ctx.run_dir)}", "checks": checks, "path": None}
-    checks["build"] = build_engine(onnx_int8, path, **shapes, timing_cache=path.parent / "trt.cache")
+    checks["build"] = build_engine(onnx_int8, path, **shapes, timing_cache=path.parent / "timing.cache")
     return {"status": "exported", "reason": None, "checks": checks}
 
 
