@@ -77,6 +77,7 @@ class Distill(Train):
     lr: float = Field(3e-3, gt=0, le=10)
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1)
+    aug_views: int = Field(2, ge=0, le=32)  # augmented copies of the train set, teacher logits computed once
 
 
 class Prune(Train):

@@ -25,14 +25,14 @@ TARGET_RMS = 0.06  # ~ -24.4 dBFS; leaves > 24 dB headroom for peaks
 _EMOTIONS = {
     #             f0 shift  range  syll/s  tilt a  breath  open q.  attack  jitter  F1 scale
     #              (st)     (st)           (0..1)          quotient  (ms)    (%)
-    "neutral": dict(f0=(0.0, 1.6), rng=(3.0, 1.2), rate=(4.2, 0.6), tilt=(0.60, 0.09),
-                    breath=(0.05, 0.04), oq=(0.60, 0.06), attack=(25, 8), jit=(0.6, 0.3), f1=(1.00, 0.04)),
-    "happy": dict(f0=(2.8, 1.8), rng=(6.0, 1.8), rate=(4.8, 0.7), tilt=(0.50, 0.09),
-                  breath=(0.05, 0.04), oq=(0.56, 0.06), attack=(20, 7), jit=(0.8, 0.35), f1=(1.03, 0.04)),
-    "sad": dict(f0=(-1.5, 1.6), rng=(2.4, 1.0), rate=(3.4, 0.55), tilt=(0.70, 0.08),
-                breath=(0.14, 0.06), oq=(0.68, 0.06), attack=(38, 10), jit=(1.0, 0.4), f1=(0.97, 0.04)),
-    "angry": dict(f0=(2.0, 1.8), rng=(4.8, 1.8), rate=(5.0, 0.7), tilt=(0.40, 0.09),
-                  breath=(0.04, 0.03), oq=(0.48, 0.06), attack=(12, 5), jit=(1.1, 0.4), f1=(1.06, 0.04)),
+    "neutral": dict(f0=(0.0, 1.6), rng=(2.8, 1.2), rate=(4.2, 0.6), tilt=(0.66, 0.09),
+                    breath=(0.03, 0.04), oq=(0.62, 0.06), attack=(25, 8), jit=(0.5, 0.3), f1=(1.00, 0.04)),
+    "happy": dict(f0=(4.0, 1.8), rng=(7.0, 1.8), rate=(5.0, 0.7), tilt=(0.42, 0.09),
+                  breath=(0.03, 0.04), oq=(0.53, 0.06), attack=(18, 7), jit=(0.8, 0.35), f1=(1.07, 0.04)),
+    "sad": dict(f0=(-2.5, 1.6), rng=(1.8, 1.0), rate=(3.0, 0.55), tilt=(0.86, 0.06),
+                breath=(0.26, 0.07), oq=(0.80, 0.06), attack=(45, 10), jit=(1.05, 0.4), f1=(0.92, 0.04)),
+    "angry": dict(f0=(2.8, 1.8), rng=(5.2, 1.8), rate=(5.3, 0.7), tilt=(0.16, 0.09),
+                  breath=(0.0, 0.03), oq=(0.38, 0.05), attack=(7, 4), jit=(1.2, 0.4), f1=(1.14, 0.04)),
 }
 
 # Vowel formants (F1, F2, F3) in Hz for an adult male vocal tract (Peterson & Barney-like).
@@ -69,7 +69,7 @@ def _sample(rng, profile: dict) -> dict:
     p["rate"] = float(np.clip(p["rate"], 2.0, 7.5))
     p["tilt"] = float(np.clip(p["tilt"], 0.05, 0.92))
     p["breath"] = max(p["breath"], 0.0)
-    p["oq"] = float(np.clip(p["oq"], 0.35, 0.85))
+    p["oq"] = float(np.clip(p["oq"], 0.3, 0.9))
     p["attack"] = max(p["attack"], 3.0) / 1000.0
     p["jit"] = max(p["jit"], 0.1) / 100.0
     return p

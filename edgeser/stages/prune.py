@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch_pruning as tp
 
-from edgeser.stages.common import Context, load_student, load_teacher, model_stats, save_model
-from edgeser.stages.distill import kd_objective, student_full_config
-from edgeser.train import evaluate, fit
+from edgeser.stages.common import Context, load_student, model_stats, save_model
+from edgeser.stages.distill import kd_fit, student_full_config
+from edgeser.train import evaluate
 
 
 def prune_body(body: torch.nn.Module, n_mels: int, ratio: float, round_to: int) -> None:
@@ -27,10 +27,7 @@ def run(ctx: Context) -> dict:
     if cfg.enabled and cfg.channel_ratio > 0:
         prune_body(model.body, scfg["n_mels"], cfg.channel_ratio, ctx.target.channel_multiple)
         after_prune = evaluate(model, corpus.splits["val"], corpus.classes)
-        teacher = load_teacher(ctx.stage_dir("teacher") / "model.pt")
-        d = ctx.recipe.distill
-        info = fit(model, corpus, cfg, kd_objective(teacher, d.temperature, d.alpha),
-                   seed=ctx.recipe.seed + 2, progress=ctx.progress, desc="prune fine-tune")
+        info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 2, "prune fine-tune")
         info["val_ua_right_after_pruning"] = after_prune["ua"]
     save_model(ctx.stage_dir("prune") / "model.pt", model, student_full_config(ctx, model.body))
     after = model_stats(model, samples)

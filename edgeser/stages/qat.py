@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from edgeser.quant.qstudent import QuantStudent
-from edgeser.stages.common import Context, build_student, load_student, load_teacher, model_stats, save_model
-from edgeser.stages.distill import kd_objective
-from edgeser.train import evaluate, fit
+from edgeser.stages.common import Context, build_student, load_student, model_stats, save_model
+from edgeser.stages.distill import kd_fit
+from edgeser.train import evaluate
 from edgeser.fileio import load_state
 
 
@@ -37,14 +37,10 @@ def run(ctx: Context) -> dict:
     q = QuantStudent(student)
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
-    teacher = load_teacher(ctx.stage_dir("teacher") / "model.pt")
-    d = ctx.recipe.distill
-
     def on_epoch(epoch):  # observers follow the activations, then freeze for the last epochs
         q.set_observe(epoch <= cfg.freeze_observers_after)
 
-    info = fit(q, corpus, cfg, kd_objective(teacher, d.temperature, d.alpha), seed=ctx.recipe.seed + 3,
-               progress=ctx.progress, desc="qat", on_epoch=on_epoch)
+    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", on_epoch=on_epoch)
     q.set_observe(False)
     info["val_ua_after_calibration"] = calibrated["ua"]
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
