@@ -25,14 +25,14 @@ TARGET_RMS = 0.06  # ~ -24.4 dBFS; leaves > 24 dB headroom for peaks
 _EMOTIONS = {
     #             f0 shift  range  syll/s  tilt a  breath  open q.  attack  jitter  F1 scale
     #              (st)     (st)           (0..1)          quotient  (ms)    (%)
-    "neutral": dict(f0=(0.0, 1.6), rng=(2.8, 1.2), rate=(4.2, 0.6), tilt=(0.66, 0.09),
-                    breath=(0.03, 0.04), oq=(0.62, 0.06), attack=(25, 8), jit=(0.5, 0.3), f1=(1.00, 0.04)),
-    "happy": dict(f0=(4.0, 1.8), rng=(7.0, 1.8), rate=(5.0, 0.7), tilt=(0.42, 0.09),
-                  breath=(0.03, 0.04), oq=(0.53, 0.06), attack=(18, 7), jit=(0.8, 0.35), f1=(1.07, 0.04)),
-    "sad": dict(f0=(-2.5, 1.6), rng=(1.8, 1.0), rate=(3.0, 0.55), tilt=(0.86, 0.06),
-                breath=(0.26, 0.07), oq=(0.80, 0.06), attack=(45, 10), jit=(1.05, 0.4), f1=(0.92, 0.04)),
-    "angry": dict(f0=(2.8, 1.8), rng=(5.2, 1.8), rate=(5.3, 0.7), tilt=(0.16, 0.09),
-                  breath=(0.0, 0.03), oq=(0.38, 0.05), attack=(7, 4), jit=(1.2, 0.4), f1=(1.14, 0.04)),
+    "neutral": dict(f0=(-0.1, 1.6), rng=(2.7, 1.2), rate=(4.2, 0.6), tilt=(0.67, 0.09),
+                    breath=(0.025, 0.04), oq=(0.62, 0.06), attack=(25, 8), jit=(0.46, 0.3), f1=(1.00, 0.04)),
+    "happy": dict(f0=(4.3, 1.8), rng=(7.3, 1.8), rate=(5.05, 0.7), tilt=(0.41, 0.09),
+                  breath=(0.025, 0.04), oq=(0.52, 0.06), attack=(17, 7), jit=(0.8, 0.35), f1=(1.07, 0.04)),
+    "sad": dict(f0=(-2.85, 1.6), rng=(1.6, 1.0), rate=(2.85, 0.55), tilt=(0.89, 0.06),
+                breath=(0.28, 0.07), oq=(0.82, 0.06), attack=(47, 10), jit=(1.07, 0.4), f1=(0.91, 0.04)),
+    "angry": dict(f0=(3.0, 1.8), rng=(5.3, 1.8), rate=(5.4, 0.7), tilt=(0.12, 0.09),
+                  breath=(0.0, 0.03), oq=(0.36, 0.05), attack=(5.5, 4), jit=(1.23, 0.4), f1=(1.15, 0.04)),
 }
 
 # Vowel formants (F1, F2, F3) in Hz for an adult male vocal tract (Peterson & Barney-like).
@@ -121,7 +121,7 @@ def _clip(spk: dict, emotion: str, rng, n: int, sr: int) -> np.ndarray:
     for s, e in syl:
         i0, i1 = int(s * sr), int(e * sr)
         m = i1 - i0
-        att = max(int(p["attack"] * sr), 1)
+        att = min(max(int(p["attack"] * sr), 1), m // 2)
         rel = max(min(int(rng.uniform(0.03, 0.07) * sr), m - att), 1)
         env = np.ones(m)
         env[:att] = 0.5 - 0.5 * np.cos(np.pi * np.arange(att) / att)
@@ -129,7 +129,7 @@ def _clip(spk: dict, emotion: str, rng, n: int, sr: int) -> np.ndarray:
         env *= np.linspace(1.0, rng.uniform(0.5, 0.9), m) * rng.uniform(0.5, 1.0)
         seg = np.concatenate([source[i0:i1] * env, np.zeros(tail)])
         if rng.random() < 0.5:  # consonant-like noise burst at onset
-            k = int(rng.uniform(0.01, 0.04) * sr)
+            k = min(int(rng.uniform(0.01, 0.04) * sr), len(seg))
             seg[:k] += np.diff(rng.standard_normal(k + 1)) * rng.uniform(0.1, 0.5)
         formants = np.append(_VOWELS[rng.integers(len(_VOWELS))] * scale, 3500 * spk["formant_scale"])
         formants *= rng.uniform(0.93, 1.07, 4)
