@@ -36,7 +36,7 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, disable=not show_progress, transient=False)
     ctx = Context(recipe=recipe, target=target, run_dir=run_dir, progress=progress, console=console)
-    timings = {}
+    timings = ctx.results["stage_seconds"] = {}
     with progress:
         overall = progress.add_task("pipeline", total=len(STAGES))
         for name, fn in STAGES:
@@ -47,6 +47,4 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
             progress.advance(overall)
             summary = result.get("test", {}).get("ua") if isinstance(result, dict) else None
             console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * summary:.1f}%" if summary else ""))
-    result["stage_seconds"] = timings
-    write_json(run_dir / "report.json", result)
     return result

@@ -38,7 +38,8 @@ def build_report(ctx: Context) -> dict:
     return {"recipe": ctx.recipe.model_dump(mode="json"), "target": ctx.target.model_dump(),
             "data": {k: v for k, v in r["data"].items() if k != "speakers"} | {"test_speakers": r["data"]["speakers"]["test"]},
             "teacher": teacher, "artifacts": r["verify"]["artifacts"], "gates": r["verify"]["gates"],
-            "waterfall": waterfall, "passed": all(g["passed"] for g in r["verify"]["gates"])}
+            "waterfall": waterfall, "stage_seconds": r.get("stage_seconds", {}),
+            "passed": all(g["passed"] for g in r["verify"]["gates"])}
 
 
 def markdown(report: dict) -> str:

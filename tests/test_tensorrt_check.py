@@ -1,66 +1,21 @@
 """Static TensorRT-10 QDQ rule checks on a small export-form INT8 model."""
 import copy
-import math
 import os
 
 import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-import torchao.quantization.pt2e  # noqa: F401  registers torch.ops.quantized_decomposed
-from edgeser.export.tensorrt import (build_engine, check_tensorrt_rules, tensorrt_available,
-                                     write_trtexec_script)
-
-qd = torch.ops.quantized_decomposed
-
-
-def _qdq(x, s):
-    q = qd.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
-    return qd.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
-
-
-class TinyQSER(torch.nn.Module):
-    """float DFT/mel/log front-end -> 2 x int8 Conv1d+ReLU -> mean -> int8 Linear."""
-
-    def __init__(self, k=16, mels=8, c=8, n_classes=4):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        n, f = torch.arange(400.0), torch.arange(k, dtype=torch.float32)[:, None]
-        ker = torch.cat([torch.cos(2 * math.pi * f * n / 400), torch.sin(2 * math.pi * f * n / 400)])
-        self.k = k
-        self.register_buffer("dft", ker[:, None, :])
-        self.register_buffer("mel", torch.rand(k, mels, generator=g))
-        for name, shape in (("c1", (c, mels, 3)), ("c2", (c, c, 3)), ("fc", (n_classes, c))):
-            w = torch.randn(shape, generator=g) * 0.2
-            s = w.abs().flatten(1).amax(1) / 127
-            q = torch.round(w / s.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127).to(torch.int8)
-            self.register_buffer(f"{name}_q", q)
-            self.register_buffer(f"{name}_s", s)
-            self.register_buffer(f"{name}_z", torch.zeros(shape[0], dtype=torch.int64))
-            self.register_buffer(f"{name}_b", torch.randn(shape[0], generator=g) * 0.1)
-
-    def _w(self, name):
-        return qd.dequantize_per_channel(getattr(self, f"{name}_q"), getattr(self, f"{name}_s"),
-                                         getattr(self, f"{name}_z"), 0, -127, 127, torch.int8)
-
-    def forward(self, x):
-        y = F.conv1d(x.unsqueeze(1), self.dft, stride=160)
-        p = y[:, : self.k] ** 2 + y[:, self.k:] ** 2
-        m = torch.log(torch.matmul(p.transpose(1, 2), self.mel).transpose(1, 2) + 1e-6)
-        h = _qdq((m - m.mean(-1, keepdim=True)) / 4.0, 0.05)
-        h = _qdq(F.relu(_qdq(F.conv1d(h, self._w("c1"), self.c1_b, padding=1), 0.1)), 0.1)
-        h = _qdq(F.relu(_qdq(F.conv1d(h, self._w("c2"), self.c2_b, padding=1), 0.1)), 0.1)
-        h = _qdq(h.mean(-1), 0.1)
-        return _qdq(F.linear(h, self._w("fc"), self.fc_b), 0.05)
+from edgeser.export.tensorrt import build_engine, check_tensorrt_rules, tensorrt_available, write_trtexec_script
+from tests.tiny_models import TinySER
 
 
 @pytest.fixture(scope="module")
 def good_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("trt") / "tiny_qdq.onnx"
-    torch.onnx.export(TinyQSER().eval(), (torch.randn(2, 16000),), str(path), dynamo=True,
+    torch.onnx.export(TinySER().eval(), (torch.randn(2, 16000),), str(path), dynamo=True,
                       external_data=False, opset_version=18, input_names=["audio"],
                       output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)

@@ -29,7 +29,7 @@ def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
 
 class LogMel(nn.Module):
     def __init__(self, sr: int = 16000, frame_ms: float = 50, hop_ms: float = 25, n_mels: int = 40,
-                 n_freqs: int = 129, preemph: float = 0.97, top_db: float = 80.0):
+                 n_freqs: int = 129, preemph: float = 0.97, top_db: float = 40.0):
         super().__init__()
         n = int(sr * frame_ms / 1000)
         self.hop = int(sr * hop_ms / 1000)

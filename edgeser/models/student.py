@@ -30,11 +30,10 @@ class Body(nn.Module):
 
 
 class Student(nn.Module):
-    def __init__(self, n_classes: int, channels: list[int], n_mels: int = 40, kernel_size: int = 3,
-                 frame_ms: float = 50, hop_ms: float = 25, body: nn.Module | None = None):
+    def __init__(self, n_classes: int, channels: list[int], kernel_size: int = 3, frontend: dict | None = None):
         super().__init__()
-        self.frontend = LogMel(frame_ms=frame_ms, hop_ms=hop_ms, n_mels=n_mels)
-        self.body = body if body is not None else Body(n_mels, channels, n_classes, kernel_size)
+        self.frontend = LogMel(**(frontend or {}))
+        self.body = Body(self.frontend.mel.shape[0], channels, n_classes, kernel_size)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.body(self.frontend(wav))
@@ -44,4 +43,4 @@ def student_config(body: Body) -> dict:
     """Channel widths as they are now (after pruning), to rebuild the model from a state_dict."""
     convs = [b[0] for b in body.blocks]
     return {"channels": [c.out_channels for c in convs], "kernel_size": convs[0].kernel_size[0],
-            "n_mels": convs[0].in_channels, "n_classes": body.head.out_features}
+            "n_classes": body.head.out_features}

@@ -63,8 +63,7 @@ def load_teacher(path: Path) -> SoundNet8:
 
 
 def build_student(cfg: dict) -> Student:
-    return Student(cfg["n_classes"], cfg["channels"], cfg["n_mels"], cfg["kernel_size"],
-                   cfg.get("frame_ms", 50), cfg.get("hop_ms", 25))
+    return Student(cfg["n_classes"], cfg["channels"], cfg["kernel_size"], cfg["frontend"])
 
 
 def load_student(path: Path) -> tuple[Student, dict]:

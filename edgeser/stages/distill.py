@@ -56,13 +56,13 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, **kw) -> dict:
 
 def student_full_config(ctx: Context, body) -> dict:
     s = ctx.recipe.student
-    return student_config(body) | {"frame_ms": s.frame_ms, "hop_ms": s.hop_ms, "classes": ctx.corpus.classes}
+    return student_config(body) | {"frontend": s.frontend(), "classes": ctx.corpus.classes}
 
 
 def run(ctx: Context) -> dict:
     cfg, s, corpus = ctx.recipe.distill, ctx.recipe.student, ctx.corpus
     torch.manual_seed(ctx.recipe.seed)
-    model = Student(len(corpus.classes), s.channels, s.n_mels, s.kernel_size, s.frame_ms, s.hop_ms)
+    model = Student(len(corpus.classes), s.channels, s.kernel_size, s.frontend())
     info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 1, "distill")
     save_model(ctx.stage_dir("distill") / "model.pt", model, student_full_config(ctx, model.body))
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes),

@@ -25,7 +25,7 @@ def run(ctx: Context) -> dict:
     before = model_stats(model, samples)
     info = {}
     if cfg.enabled and cfg.channel_ratio > 0:
-        prune_body(model.body, scfg["n_mels"], cfg.channel_ratio, ctx.target.channel_multiple)
+        prune_body(model.body, model.frontend.mel.shape[0], cfg.channel_ratio, ctx.target.channel_multiple)
         after_prune = evaluate(model, corpus.splits["val"], corpus.classes)
         info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 2, "prune fine-tune")
         info["val_ua_right_after_pruning"] = after_prune["ua"]
