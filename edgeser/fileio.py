@@ -13,11 +13,12 @@ import torch
 
 
 @contextmanager
-def atomic_path(dest: Path, suffix: str = ""):
-    """Yield a temp path beside `dest`; rename it onto `dest` only if the block succeeds."""
+def atomic_path(dest: Path):
+    """Yield a temp path beside `dest` (same suffix, which some writers insist on); rename it onto `dest`
+    only if the block succeeds, so a crash never leaves a half-written file under the real name."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
     os.close(fd)
     os.unlink(tmp)
     try:

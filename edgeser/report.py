@@ -22,6 +22,23 @@ def artifact_row(a: dict) -> list[str]:
             "—" if a.get("macs") is None else f"{a['macs'] / 1e6:.1f}"]
 
 
+def structural_checks(a: dict) -> list[str]:
+    """One line per static check of an artifact (TensorRT rules, CoreML spec)."""
+    lines = []
+    rules = a.get("checks", {}).get("tensorrt_rules")
+    if rules:
+        c = rules["checked"]
+        lines.append(f"TensorRT rule check {'passed' if rules['passed'] else 'FAILED'}: {c['quantize']} Q / "
+                     f"{c['dequantize']} DQ nodes, {c['per_channel']} per-channel weights, "
+                     f"{len(rules['violations'])} violation(s)")
+    spec = a.get("checks", {}).get("coreml_spec")
+    if spec:
+        lines.append(f"CoreML spec check {'passed' if spec['passed'] else 'FAILED'}: {spec['int8_weight_layers']} "
+                     f"int8-weight layers, {spec['float_weight_layers']} float-weight layers outside the front-end, "
+                     f"{spec['ops'].get('quantize', 0)} activation quantize ops, {len(spec['violations'])} violation(s)")
+    return lines
+
+
 def teacher_row(t: dict) -> list[str]:
     return ["teacher (PyTorch)", "fp32", "reference", _pct(t["ua"]), _pct(t["wa"]), _pct(t["macro_f1"]), "—", "—",
             "—", "—", f"{t['size_bytes'] / 1024:.0f}", f"{t['macs'] / 1e6:.1f}"]
@@ -50,6 +67,7 @@ def markdown(report: dict) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     notes = [f"- **{a['name']}** {a['status']}: {a['reason']}" for a in report["artifacts"] if a.get("reason")]
+    notes += [f"- **{a['name']}** {line}" for a in report["artifacts"] for line in structural_checks(a)]
     if notes:
         lines += ["", "## Notes", *notes]
     lines += ["", "## Gates", "", "| gate | limit | value | result |", "|---|---|---|---|"]
@@ -82,6 +100,8 @@ def print_report(console, report: dict) -> None:
     for a in report["artifacts"]:
         if a.get("reason"):
             console.print(f"[yellow]{a['name']}[/]: {escape(str(a['reason']))}")
+        for line in structural_checks(a):
+            console.print(f"[yellow]{a['name']}[/]: {escape(line)}")
     for g in report["gates"]:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
         console.print(f"{mark} {escape(g['name'])}: {escape(str(g['value']))} (limit {escape(str(g['limit']))})")

@@ -96,6 +96,7 @@ def test_report_files(tiny_run):
     assert all(g["passed"] for g in r["gates"]) and r["passed"]
     md = (run_dir / "report.md").read_text()
     assert "| onnx-int8 | int8 | verified |" in md and "## Gates" in md
+    assert "TensorRT rule check passed" in md and "CoreML spec check passed" in md
 
 
 def test_gate_failure_exits_1(tiny_recipe_path, tmp_path):
