@@ -25,10 +25,25 @@ class SynthData(_Section):
     clip_seconds: float = Field(2.0, gt=0.1, le=60)
 
 
+class Augment(_Section):
+    """Training-time augmentation; each switch is independent."""
+    freq_mask: bool = False  # mask 20 % of mel bands (student, on its log-mel)
+    time_stretch: bool = False  # +-15 % tempo, pitch kept
+    pitch_shift: bool = False  # +-2 semitones, tempo kept
+    noise: bool = False  # background noise at `snr_db`
+    snr_db: float = Field(10.0, ge=-20, le=60)
+    noise_folder: Path | None = None  # WAVs of noise; generated babble when empty
+    smote: bool = False  # oversample minority classes in the student's feature (log-mel) space
+    p: float = Field(0.5, ge=0, le=1)  # probability of each waveform augmentation per batch
+
+
 class Data(_Section):
     manifest: Path | None = None
     synth: SynthData | None = None
     classes: list[str] | None = None
+    label_map: dict[str, str] = Field(default_factory=dict)  # e.g. {excited: happy}; applied before `classes`
+    fold: str | None = None  # leave-one-session-out: this manifest `session` is the test set
+    augment: Augment = Augment()
     clip_seconds: float = Field(2.0, gt=0.1, le=60)
     sample_rate: Literal[16000] = 16000
     val_speakers: float = Field(0.2, gt=0, lt=1)
@@ -52,9 +67,32 @@ class Train(_Section):
 
 
 class Teacher(Train):
-    checkpoint: Path | None = None
+    """SoundNet-8 transfer learning. Defaults follow the article: AdamW, lr 3e-4, batch 32, ReduceLROnPlateau."""
+    checkpoint: Path | None = None  # an edgeser teacher (skips training)
+    pretrained: Path | None = None  # SoundNet-8 weights: sound8.npy or a PyTorch port's state_dict
+    # auto: transfer_attention when `pretrained` is given, else scratch
+    strategy: Literal["auto", "scratch", "last_layer", "full", "transfer_attention"] = "auto"
+    freeze_epochs: int = Field(2, ge=0)  # transfer_attention: epochs with the backbone frozen
+    unfreeze_every: int = Field(1, ge=1)  # then one more block (top first) every N epochs
+    source_audio: Path | None = None  # source-domain WAVs for the MMD term
+    ce_weight: float = Field(0.7, ge=0, le=1)
+    mmd_weight: float = Field(0.3, ge=0, le=1)
+    sample_rate: Literal[16000, 22050] = 16000  # 22050 = SoundNet's native rate (audio resampled inside)
     width_mult: float = Field(1.0, gt=0, le=4)
     dropout: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _strategy(self):
+        if self.strategy not in ("auto", "scratch") and self.pretrained is None and self.checkpoint is None:
+            raise ValueError(f"strategy {self.strategy} needs teacher.pretrained (SoundNet-8 weights)")
+        if self.pretrained is not None and self.width_mult != 1.0:
+            raise ValueError("width_mult must be 1.0 with pretrained SoundNet-8 weights")
+        return self
+
+    def resolved_strategy(self) -> str:
+        if self.strategy == "auto":
+            return "transfer_attention" if self.pretrained is not None else "scratch"
+        return self.strategy
 
 
 class Student(_Section):
@@ -188,14 +226,19 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     except ValidationError as e:
         raise RecipeError(_format_error(e)) from None
     base = path.resolve().parent
-    if recipe.data.manifest is not None and not recipe.data.manifest.is_absolute():
-        recipe.data.manifest = base / recipe.data.manifest
-    if recipe.teacher.checkpoint is not None and not recipe.teacher.checkpoint.is_absolute():
-        recipe.teacher.checkpoint = base / recipe.teacher.checkpoint
-    if recipe.data.manifest is not None and not recipe.data.manifest.is_file():
-        raise RecipeError(f"data.manifest: file not found: {recipe.data.manifest}")
-    if recipe.teacher.checkpoint is not None and not recipe.teacher.checkpoint.is_file():
-        raise RecipeError(f"teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
+    checks = [("data.manifest", recipe.data, "manifest", "file"), ("teacher.checkpoint", recipe.teacher, "checkpoint", "file"),
+              ("teacher.pretrained", recipe.teacher, "pretrained", "file"),
+              ("teacher.source_audio", recipe.teacher, "source_audio", "folder"),
+              ("data.augment.noise_folder", recipe.data.augment, "noise_folder", "folder")]
+    for field, section, attr, kind in checks:
+        value = getattr(section, attr)
+        if value is None:
+            continue
+        if not value.is_absolute():
+            value = base / value
+            setattr(section, attr, value)
+        if not (value.is_file() if kind == "file" else value.is_dir()):
+            raise RecipeError(f"{field}: {kind} not found: {value}")
     from edgeser.targets import load_target
 
     load_target(recipe.target)  # raises RecipeError naming `target`

@@ -95,3 +95,23 @@ def test_data_synth_cli(tmp_path):
     assert lines[0] == "path,label,speaker" and len(lines) == 1 + 4 * 8
     res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--clips-per-class", "0"])
     assert res.exit_code == 2 and "clips_per_class" in res.output
+
+
+def test_leave_one_session_out_and_label_map(tmp_path):
+    rows = ["path,label,speaker,session"]
+    for sess in "12345":
+        for g in "FM":
+            for lab in ("neutral", "excited", "sad", "angry"):
+                name = f"s{sess}{g}_{lab}.wav"
+                sf.write(tmp_path / name, _tone(), 16000)
+                rows.append(f"{name},{lab},{sess}{g},{sess}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    cfg = Data(manifest=tmp_path / "m.csv", clip_seconds=0.5, fold="3", label_map={"excited": "happy"},
+               classes=["neutral", "happy", "sad", "angry"])
+    c = load_corpus(tmp_path / "m.csv", cfg)
+    assert set(c.splits["test"].speakers) == {"3F", "3M"}
+    assert not set(c.splits["train"].speakers) & set(c.splits["test"].speakers)
+    assert not set(c.splits["val"].speakers) & (set(c.splits["test"].speakers) | set(c.splits["train"].speakers))
+    assert c.classes == ["neutral", "happy", "sad", "angry"] and len(c.splits["test"].y) == 8
+    with pytest.raises(RecipeError, match="data.fold"):
+        load_corpus(tmp_path / "m.csv", cfg.model_copy(update={"fold": "9"}))

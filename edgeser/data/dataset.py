@@ -1,6 +1,7 @@
 """Turn a manifest into in-memory tensors, split by speaker, with bad files skipped and counted."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ class Corpus:
 
 
 def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
-    items = read_manifest(manifest_path)
+    items = [dataclasses.replace(it, label=cfg.label_map.get(it.label, it.label)) for it in read_manifest(manifest_path)]
     classes = cfg.classes or sorted({it.label for it in items})
     unknown = set(cfg.classes or []) - {it.label for it in items}
     if unknown:
@@ -44,7 +45,7 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     if len(classes) < 2:
         raise RecipeError("data.classes: need at least 2 classes")
     n = int(cfg.clip_seconds * cfg.sample_rate)
-    parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed)
+    parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold)
     skipped: Counter = Counter()
     splits = {}
     done = 0

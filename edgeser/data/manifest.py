@@ -17,6 +17,7 @@ class Item:
     path: Path
     label: str
     speaker: str
+    session: str = ""
 
 
 def read_manifest(path: Path) -> list[Item]:
@@ -37,17 +38,37 @@ def read_manifest(path: Path) -> list[Item]:
         if not r["path"] or not r["label"] or not r["speaker"]:
             raise RecipeError(f"{path}:{i}: empty path, label or speaker")
         p = Path(r["path"])
-        items.append(Item(p if p.is_absolute() else path.parent / p, r["label"].strip(), r["speaker"].strip()))
+        items.append(Item(p if p.is_absolute() else path.parent / p, r["label"].strip(), r["speaker"].strip(),
+                          (r.get("session") or "").strip()))
     return items
 
 
-def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: int) -> dict[str, list[Item]]:
-    """Split by speaker: no speaker appears in two splits. At least one speaker per split."""
+def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: int,
+                  fold: str | None = None) -> dict[str, list[Item]]:
+    """Split by speaker: no speaker appears in two splits. At least one speaker per split.
+
+    With `fold`, the test split is that session (leave-one-session-out, e.g. IEMOCAP) and the validation
+    speakers are drawn from the other sessions.
+    """
     speakers = sorted({it.speaker for it in items})
     if len(speakers) < 3:
         raise RecipeError(f"data: need at least 3 speakers for speaker-independent splits, found {len(speakers)}")
     rng = np.random.default_rng(seed)
     order = [speakers[i] for i in rng.permutation(len(speakers))]
+    if fold is not None:
+        sessions = sorted({it.session for it in items if it.session})
+        if fold not in sessions:
+            raise RecipeError(f"data.fold: session {fold!r} not in the manifest (sessions: {', '.join(sessions) or 'none'})")
+        test = {it.speaker for it in items if it.session == fold}
+        rest = [s for s in order if s not in test]
+        n_val = max(1, round(val_frac * len(rest)))
+        if n_val >= len(rest):
+            raise RecipeError("data.fold: too few speakers outside the test session for validation and training")
+        val = set(rest[:n_val])
+        split = {"train": [], "val": [], "test": []}
+        for it in items:
+            split["test" if it.speaker in test else "val" if it.speaker in val else "train"].append(it)
+        return split
     n_test = max(1, round(test_frac * len(speakers)))
     n_val = max(1, round(val_frac * len(speakers)))
     if n_test + n_val >= len(speakers):
