@@ -26,7 +26,9 @@ def preflight(recipe: Recipe) -> None:
         read_manifest(recipe.data.manifest)
 
 
-def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show_progress: bool = True) -> dict:
+def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show_progress: bool = True,
+             until: str = "report") -> dict:
+    """Run the stages in order up to and including `until` (`teacher` for `edgeser finetune`)."""
     console = console or Console()
     target = load_target(recipe.target)
     preflight(recipe)
@@ -38,8 +40,9 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
     ctx = Context(recipe=recipe, target=target, run_dir=run_dir, progress=progress, console=console)
     timings = ctx.results["stage_seconds"] = {}
     with progress:
-        overall = progress.add_task("pipeline", total=len(STAGES))
-        for name, fn in STAGES:
+        stages = STAGES[: [n for n, _ in STAGES].index(until) + 1]
+        overall = progress.add_task("pipeline", total=len(stages))
+        for name, fn in stages:
             progress.update(overall, description=f"stage: {name}")
             t = time.perf_counter()
             result = fn(ctx)

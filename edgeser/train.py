@@ -46,7 +46,8 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights."""
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    # frozen parameters stay in the optimiser: they get no gradient (AdamW skips them) until unfrozen
+    params = list(params if params is not None else model.parameters())
     history = []
     best = {"ua": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": 0}
     if cfg.epochs == 0 or not params:

@@ -57,7 +57,8 @@ def _load(path: Path) -> tuple[dict, dict]:
 
 def load_teacher(path: Path) -> SoundNet8:
     cfg, state = _load(path)
-    model = SoundNet8(cfg["n_classes"], cfg.get("width_mult", 1.0))
+    model = SoundNet8(cfg["n_classes"], cfg.get("width_mult", 1.0), sample_rate=cfg.get("sample_rate", 16000),
+                      attention=cfg.get("attention", True))
     model.load_state_dict(state)
     return model.eval()
 

@@ -1,19 +1,37 @@
-"""Stage 2: the teacher. SoundNet-8 fine-tuned on the train split, or loaded from recipe.teacher.checkpoint."""
+"""Stage 2: the teacher. SoundNet-8 transferred to speech emotion (see edgeser/transfer.py), or loaded from
+recipe.teacher.checkpoint. `edgeser finetune` runs this stage (after data) on its own."""
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from edgeser.fileio import size_bytes
-from edgeser.models.soundnet import SoundNet8
 from edgeser.recipe import RecipeError
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
 from edgeser.train import evaluate, fit
+from edgeser.transfer import build_teacher, frozen_blocks, load_source_audio, params_for, teacher_loss
+
+
+def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teacher"):
+    """Build and fine-tune a teacher on ctx.corpus with the recipe's strategy (or the one given)."""
+    cfg, corpus = ctx.recipe.teacher, ctx.corpus
+    strategy = strategy or cfg.resolved_strategy()
+    model, info = build_teacher(cfg, len(corpus.classes), strategy)
+    source = None
+    if cfg.source_audio is not None and strategy == "transfer_attention":
+        source = load_source_audio(cfg.source_audio, corpus.splits["train"].x.shape[1])
+        info["source_clips"] = len(source)
+    info["loss"] = "ce" if source is None else f"{cfg.ce_weight} ce + {cfg.mmd_weight} mmd"
+
+    def on_epoch(epoch):
+        model.freeze_bottom(frozen_blocks(strategy, epoch, cfg))
+
+    info |= fit(model, corpus, cfg, teacher_loss(cfg, source, ctx.recipe.seed), seed=ctx.recipe.seed,
+                progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch)
+    model.freeze_bottom(0)
+    return model, info
 
 
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.teacher, ctx.corpus
     n_classes = len(corpus.classes)
-    path = ctx.stage_dir("teacher") / "model.pt"
     if cfg.checkpoint is not None:
         try:
             model = load_teacher(cfg.checkpoint)
@@ -21,14 +39,12 @@ def run(ctx: Context) -> dict:
             raise RecipeError(f"teacher.checkpoint: cannot load {cfg.checkpoint}: {e}") from None
         if model.head.fc.out_features != n_classes:
             raise RecipeError(f"teacher.checkpoint: has {model.head.fc.out_features} classes, data has {n_classes}")
-        train_info = {"loaded_from": str(cfg.checkpoint)}
+        info = {"loaded_from": str(cfg.checkpoint)}
     else:
-        model = SoundNet8(n_classes, cfg.width_mult, cfg.dropout)
-        train_info = fit(model, corpus, cfg, lambda m, x, y, idx: F.cross_entropy(m(x), y),
-                         seed=ctx.recipe.seed, progress=ctx.progress, desc="teacher")
-    save_model(path, model, {"n_classes": n_classes, "width_mult": model.width_mult, "classes": corpus.classes})
-    samples = corpus.splits["test"].x.shape[1]
+        model, info = train_teacher(ctx)
+    path = ctx.stage_dir("teacher") / "model.pt"
+    save_model(path, model, model.config() | {"classes": corpus.classes})
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes),
                "val": evaluate(model, corpus.splits["val"], corpus.classes),
-               **model_stats(model, samples), "size_bytes": size_bytes(path), "train": train_info}
+               **model_stats(model, corpus.splits["test"].x.shape[1]), "size_bytes": size_bytes(path), "train": info}
     return ctx.finish("teacher", metrics)
