@@ -11,7 +11,7 @@ from rich.console import Console
 from edgeser.recipe import RecipeError, load_recipe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress speech-emotion models for edge devices.")
-data_app = typer.Typer(no_args_is_help=True, help="Corpora: generate the built-in synthetic one.")
+data_app = typer.Typer(no_args_is_help=True, help="Corpora: import IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder; generate the synthetic one.")
 app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -42,6 +42,27 @@ def compress(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recip
     raise typer.Exit(0 if report["passed"] else 1)
 
 
+@app.command()
+def finetune(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: teacher.epochs=3"),
+             out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)"),
+             no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
+    """Transfer SoundNet-8 to speech emotion (the teacher stage of `compress`, on its own)."""
+    from edgeser.pipeline import compress as run_pipeline
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        run_dir = out or Path("runs") / r.name
+        m = run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until="teacher")
+    except RecipeError as e:
+        _bad_input(str(e))
+    t = m["test"]
+    console.print(f"teacher ({m['train'].get('strategy', 'loaded')}): test UA {100 * t['ua']:.1f}%  "
+                  f"WA {100 * t['wa']:.1f}%  macro-F1 {100 * t['macro_f1']:.1f}%")
+    console.print("per-class recall: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t["per_class_recall"].items()))
+    console.print(f"model: {run_dir / 'stages/teacher/model.pt'}")
+
+
 @data_app.command("synth")
 def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
                seed: int = typer.Option(0, "--seed"),
@@ -61,6 +82,23 @@ def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
     except ValueError as e:
         _bad_input(str(e))
     console.print(f"wrote {path}")
+
+
+@data_app.command("import")
+def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, ravdess, crema-d, emodb or folder "
+                                           "(SRC/<label>/<speaker>/*.wav or SRC/<label>/<speaker>_*.wav)"),
+                src: Path = typer.Argument(..., metavar="SRC", help="the corpus's root folder"),
+                out: Path = typer.Option(..., "--out", help="manifest CSV to write (path,label,speaker,session)"),
+                four_class: bool = typer.Option(False, "--four-class", help="keep neutral/happy/sad/angry; excited→happy")):
+    """Write a manifest CSV for a published corpus from its file-naming convention; skipped files are counted."""
+    from edgeser.data.importers import import_corpus, summary_table
+
+    try:
+        summary = import_corpus(kind.lower(), src, out, four_class=four_class)
+    except (RecipeError, OSError) as e:
+        _bad_input(str(e))
+    console.print(summary_table(summary))
+    console.print(f"wrote {summary['out']}")
 
 
 def main() -> None:

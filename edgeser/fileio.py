@@ -9,8 +9,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 
 @contextmanager
 def atomic_path(dest: Path):
@@ -43,11 +41,15 @@ def write_json(dest: Path, obj) -> None:
 
 
 def save_state(dest: Path, state: dict) -> None:
+    import torch
+
     with atomic_path(dest) as tmp:
         torch.save(state, tmp)
 
 
 def load_state(path: Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeser.models.soundnet import SoundNet8
-from edgeser.recipe import Teacher
+from edgeser.recipe import RecipeError, Teacher
 
 N_BLOCKS = 7
 
@@ -22,9 +22,12 @@ def build_teacher(cfg: Teacher, n_classes: int, strategy: str) -> tuple[SoundNet
     model = SoundNet8(n_classes, cfg.width_mult, cfg.dropout, cfg.sample_rate, attention=strategy != "last_layer")
     info = {"strategy": strategy}
     if cfg.pretrained is not None and strategy != "scratch":
-        from edgeser.models.soundnet_weights import apply_soundnet_weights
+        from edgeser.models.soundnet_weights import WeightsError, apply_soundnet_weights
 
-        info["pretrained"] = apply_soundnet_weights(model, cfg.pretrained) | {"path": str(cfg.pretrained)}
+        try:
+            info["pretrained"] = apply_soundnet_weights(model, cfg.pretrained) | {"path": str(cfg.pretrained)}
+        except WeightsError as e:
+            raise RecipeError(f"teacher.pretrained: {e}") from None
     return model, info
 
 

@@ -58,3 +58,18 @@ def test_soundnet_native_rate_resamples_inside():
     x = torch.randn(2, 16000) * 0.1
     assert m(x).shape == (2, 4)
     assert m.trunk[0](torch.zeros(1, 1, 22050)).shape[-1] > m.trunk[0](torch.zeros(1, 1, 16000)).shape[-1]
+
+
+def test_finetune_cli_runs_teacher_stage_only(tiny_recipe_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeser.cli import app
+
+    out = tmp_path / "ft"
+    res = CliRunner().invoke(app, ["finetune", "--recipe", str(tiny_recipe_path), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "test UA" in res.output and (out / "stages/teacher/model.pt").is_file()
+    assert not (out / "stages/distill").exists()
+    res = CliRunner().invoke(app, ["finetune", "--recipe", str(tiny_recipe_path), "--out", str(out),
+                                   "--set", "teacher.strategy=full"])
+    assert res.exit_code == 2 and "teacher.pretrained" in res.output

@@ -34,9 +34,14 @@ class Student(nn.Module):
         super().__init__()
         self.frontend = LogMel(**(frontend or {}))
         self.body = Body(self.frontend.mel.shape[0], channels, n_classes, kernel_size)
+        self.mel_augment = None  # training only, e.g. frequency masking; not part of the exported graph
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return self.body(self.frontend(wav))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: PCM (B, samples), or an already computed log-mel (B, n_mels, T) such as a SMOTE sample."""
+        mel = self.frontend(x) if x.dim() == 2 else x
+        if self.training and self.mel_augment is not None:
+            mel = self.mel_augment(mel)
+        return self.body(mel)
 
 
 def student_config(body: Body) -> dict:

@@ -1,0 +1,190 @@
+"""Corpus importers on tiny trees that use each corpus's real naming convention."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from edgeser.data.importers import import_corpus
+from edgeser.data.manifest import read_manifest
+from edgeser.recipe import RecipeError
+
+BAD_NAME = "name breaks the corpus convention"
+
+
+def _wav(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(1600, dtype=np.float32), 16000)  # 0.1 s
+    return path
+
+
+def _rows(manifest: Path) -> dict[str, tuple[str, str, str]]:
+    """stem -> (label, speaker, session); also checks that every path is relative and resolves to a file."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "speaker", "session"]
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    for r in rows:
+        assert not Path(r["path"]).is_absolute() and "\\" not in r["path"]
+        assert (manifest.parent / r["path"]).is_file()
+    return {Path(r["path"]).stem: (r["label"], r["speaker"], r["session"]) for r in rows}
+
+
+EMO_EVAL_1 = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
+
+[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]
+C-E2:\tNeutral;\t()
+C-E3:\tAnger;\t()
+A-E3:\tval 3; act 2; dom  2;\t()
+
+[10.0100 - 11.3925]\tSes01F_impro01_M003\texc\t[3.5000, 3.5000, 3.0000]
+C-E1:\tHappiness;\t()
+[14.8872 - 18.0175]\tSes01F_impro01_F001\tfru\t[2.0000, 3.0000, 3.5000]
+[19.2900 - 20.7875]\tSes01F_impro01_M004\txxx\t[2.5000, 3.0000, 3.0000]
+"""
+EMO_EVAL_2 = """[1.0000 - 2.0000]\tSes02M_script01_1_F002\tsad\t[2.0000, 2.0000, 2.0000]
+[3.0000 - 4.0000]\tSes02M_script01_1_M010\tang\t[2.0000, 4.0000, 4.0000]
+[5.0000 - 6.0000]\tSes02M_script01_1_M011\thap\t[4.0000, 3.0000, 3.0000]
+"""
+
+
+def _iemocap(root: Path) -> Path:
+    for sess, dialog, text, utts in [(1, "Ses01F_impro01", EMO_EVAL_1, ["F000", "M003", "F001", "M004", "M099"]),
+                                     (2, "Ses02M_script01_1", EMO_EVAL_2, ["F002", "M010", "M011"])]:
+        base = root / f"Session{sess}"
+        (base / "dialog/EmoEvaluation/Categorical").mkdir(parents=True)
+        (base / f"dialog/EmoEvaluation/{dialog}.txt").write_text(text)
+        (base / f"dialog/EmoEvaluation/Categorical/{dialog}_e1_cat.txt").write_text(f"{dialog}_F000 :Anger; ()\n")
+        _wav(base / f"dialog/wav/{dialog}.wav")  # the whole dialog: not an utterance
+        for u in utts:
+            _wav(base / f"sentences/wav/{dialog}/{dialog}_{u}.wav")
+    _wav(root / "Session1/sentences/wav/Ses01F_impro01/._Ses01F_impro01_F000.wav")  # AppleDouble junk
+    return root
+
+
+def test_iemocap(tmp_path):
+    src = _iemocap(tmp_path / "IEMOCAP_full_release")
+    s = import_corpus("iemocap", src, tmp_path / "m.csv")
+    assert _rows(tmp_path / "m.csv") == {
+        "Ses01F_impro01_F000": ("neutral", "1F", "1"),
+        "Ses01F_impro01_M003": ("excited", "1M", "1"),  # speaker from the last field, not from Ses01F
+        "Ses01F_impro01_F001": ("frustrated", "1F", "1"),
+        "Ses02M_script01_1_F002": ("sad", "2F", "2"),
+        "Ses02M_script01_1_M010": ("angry", "2M", "2"),
+        "Ses02M_script01_1_M011": ("happy", "2M", "2")}
+    assert s["skipped"] == {"no agreement (xxx)": 1, "no EmoEvaluation label": 1, BAD_NAME: 1}
+    assert s["speakers"] == ["1F", "1M", "2F", "2M"] and s["rows"] == 6
+
+    s = import_corpus("iemocap", src, tmp_path / "sub/m4.csv", four_class=True)
+    rows = _rows(tmp_path / "sub/m4.csv")
+    assert rows["Ses01F_impro01_M003"] == ("happy", "1M", "1") and "Ses01F_impro01_F001" not in rows
+    assert s["labels"] == {"neutral": 1, "happy": 2, "sad": 1, "angry": 1}
+    assert s["skipped"]["not one of the 4 classes"] == 1
+    assert rows and all(p.path.is_file() for p in read_manifest(tmp_path / "sub/m4.csv"))
+
+
+def test_ravdess(tmp_path):
+    src = tmp_path / "ravdess"
+    labels = ["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+    for e in range(1, 9):
+        _wav(src / "Actor_12" / f"03-01-{e:02d}-01-01-01-12.wav")
+    _wav(src / "Actor_01/03-01-05-02-02-02-01.wav")
+    _wav(src / "Actor_01/03-02-03-01-01-01-01.wav")  # song
+    _wav(src / "Actor_01/01-01-03-01-01-01-01.wav")  # audio-video modality
+    for bad in ["03-01-05-01-01-01.wav", "03-01-09-01-01-01-01.wav", "03-01-01-02-01-01-01.wav",
+                "03-01-05-01-01-01-25.wav", "03-01-5-01-01-01-01.wav", "notes.wav"]:
+        _wav(src / "Actor_01" / bad)
+    s = import_corpus("ravdess", src, tmp_path / "m.csv")
+    rows = _rows(tmp_path / "m.csv")
+    assert rows == {**{f"03-01-{e:02d}-01-01-01-12": (lab, "ravdess_12", "") for e, lab in enumerate(labels, 1)},
+                    "03-01-05-02-02-02-01": ("angry", "ravdess_01", "")}
+    assert s["skipped"] == {BAD_NAME: 6, "song (RAVDESS vocal channel 02)": 1,
+                            "not audio-only (RAVDESS modality 01/02)": 1}
+    s = import_corpus("ravdess", src, tmp_path / "m4.csv", four_class=True)
+    assert s["labels"] == {"neutral": 1, "happy": 1, "sad": 1, "angry": 2}
+
+
+def test_crema_d(tmp_path):
+    src = tmp_path / "CREMA-D"
+    codes = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+    for i, code in enumerate(codes):
+        _wav(src / "AudioWAV" / f"10{i + 1:02d}_DFA_{code}_XX.wav")
+    _wav(src / "AudioWAV/1091_IEO_HAP_HI.wav")
+    for bad in ["1000_DFA_ANG_XX.wav", "1092_DFA_ANG_XX.wav", "1001_ABC_ANG_XX.wav", "1001_DFA_SUR_XX.wav",
+                "1001_DFA_ANG_ZZ.wav", "1001_DFA_ANG.wav"]:
+        _wav(src / "AudioWAV" / bad)
+    s = import_corpus("crema-d", src, tmp_path / "m.csv")
+    assert _rows(tmp_path / "m.csv") == {**{f"10{i + 1:02d}_DFA_{c}_XX": (lab, f"10{i + 1:02d}", "")
+                                            for i, (c, lab) in enumerate(codes.items())},
+                                         "1091_IEO_HAP_HI": ("happy", "1091", "")}
+    assert s["skipped"] == {BAD_NAME: 6} and len(s["speakers"]) == 7
+
+
+def test_emodb(tmp_path):
+    src = tmp_path / "emodb"
+    letters = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
+    for i, (letter, speaker) in enumerate(zip(letters, ["03", "08", "09", "10", "11", "15", "16"])):
+        _wav(src / "wav" / f"{speaker}{'ab'[i % 2]}0{i + 1}{letter}a.wav")
+    _wav(src / "wav/03b10Nc.wav")
+    for bad in ["04a01Wa.wav", "03c01Wa.wav", "03a11Wa.wav", "03a01Xa.wav", "03a01W.wav"]:
+        _wav(src / "wav" / bad)
+    s = import_corpus("emodb", src, tmp_path / "m.csv", four_class=False)
+    assert _rows(tmp_path / "m.csv") == {"03a01Wa": ("angry", "03", ""), "08b02La": ("boredom", "08", ""),
+                                         "09a03Ea": ("disgust", "09", ""), "10b04Aa": ("fear", "10", ""),
+                                         "11a05Fa": ("happy", "11", ""), "15b06Ta": ("sad", "15", ""),
+                                         "16a07Na": ("neutral", "16", ""), "03b10Nc": ("neutral", "03", "")}
+    assert s["skipped"] == {BAD_NAME: 5}
+
+
+def test_folder_both_layouts(tmp_path):
+    src = tmp_path / "mine"
+    _wav(src / "angry/alice/take1/a.wav")  # speaker = second-level folder, however deep the file is
+    _wav(src / "Happiness/bob/b.wav")  # alias, any case
+    _wav(src / "sad/carol_001.wav")  # no speaker folder: stem prefix before the first "_"
+    _wav(src / "neutral/dave_x_y.wav")
+    _wav(src / "neutral/nospeaker.wav")
+    _wav(src / "loose.wav")
+    _wav(src / "anxious/eve/e.wav")
+    s = import_corpus("folder", src, src / "manifest.csv")
+    assert _rows(src / "manifest.csv") == {"a": ("angry", "alice", ""), "b": ("happy", "bob", ""),
+                                           "carol_001": ("sad", "carol", ""), "dave_x_y": ("neutral", "dave", "")}
+    assert s["skipped"] == {"folder 'anxious' is not a known label": 1, "not inside a label folder": 1,
+                            "no speaker (no speaker folder, no '_' in the name)": 1}
+    assert "angry/alice/take1/a.wav,angry,alice," in (src / "manifest.csv").read_text().splitlines()
+
+
+def test_errors(tmp_path):
+    with pytest.raises(RecipeError, match="unknown corpus"):
+        import_corpus("tess", tmp_path, tmp_path / "m.csv")
+    _wav(tmp_path / "src/wav/nonsense.wav")
+    with pytest.raises(RecipeError, match="src.*no audio matches the emodb layout.*1 skipped"):
+        import_corpus("emodb", tmp_path / "src", tmp_path / "m.csv")
+    _wav(tmp_path / "src/wav/08a01Lb.wav")  # boredom only
+    with pytest.raises(RecipeError, match="neutral, happy, sad or angry"):
+        import_corpus("emodb", tmp_path / "src", tmp_path / "m.csv", four_class=True)
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_cli(tmp_path):
+    from edgeser.cli import app
+
+    src, out = _iemocap(tmp_path / "iemocap"), tmp_path / "out/manifest.csv"
+    res = CliRunner().invoke(app, ["data", "import", "iemocap", str(src), "--out", str(out), "--four-class"])
+    assert res.exit_code == 0, res.output
+    assert "happy" in res.output and "speakers" in res.output and "no agreement" in res.output
+    items = read_manifest(out)
+    assert len(items) == 5 and all(it.path.is_file() for it in items)
+    assert {it.speaker for it in items} == {"1F", "1M", "2F", "2M"}
+
+    missing = tmp_path / "nowhere"
+    res = CliRunner().invoke(app, ["data", "import", "ravdess", str(missing), "--out", str(out)])
+    assert res.exit_code == 2 and str(missing) in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["data", "import", "crema-d", str(tmp_path / "empty"), "--out", str(out)])
+    assert res.exit_code == 2 and str(tmp_path / "empty") in res.output and "no audio" in res.output
+    res = CliRunner().invoke(app, ["data", "import", "tess", str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "unknown corpus" in res.output
