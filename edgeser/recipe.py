@@ -34,7 +34,7 @@ class Augment(_Section):
     snr_db: float = Field(10.0, ge=-20, le=60)
     noise_folder: Path | None = None  # WAVs of noise; generated babble when empty
     smote: bool = False  # oversample minority classes in the student's feature (log-mel) space
-    p: float = Field(0.5, ge=0, le=1)  # probability of each waveform augmentation per batch
+    p: float = Field(0.5, ge=0, le=1)  # probability of each waveform augmentation, per example
 
 
 class Data(_Section):

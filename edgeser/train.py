@@ -41,9 +41,38 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + torch.randn(x.shape, generator=gen) * rms * 10 ** (-snr / 20)
 
 
+def make_augment(cfg, samples: int, seed: int) -> Callable:
+    """The waveform augmentation for training: light gain/shift/noise always, plus the recipe's switches."""
+    from edgeser.data.augment import Augmenter, load_noise_bank
+
+    gen = torch.Generator().manual_seed(seed)
+    bank = None
+    if cfg.noise and cfg.noise_folder is not None:
+        bank = load_noise_bank(cfg.noise_folder, samples)
+    extra = Augmenter(time_stretch=cfg.time_stretch, pitch_shift=cfg.pitch_shift, noise=cfg.noise,
+                      snr_db=cfg.snr_db, noise_bank=bank, p=cfg.p, seed=seed)
+    return lambda x: extra(augment(x, gen))
+
+
+def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of row indices; rows >= n are extra rows (e.g. SMOTE samples)."""
+    order = torch.randperm(n, generator=gen)
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if n_extra:
+        extra = torch.randperm(n_extra, generator=gen) + n
+        out += [extra[i : i + batch_size] for i in range(0, n_extra, batch_size)]
+        out = [out[i] for i in torch.randperm(len(out), generator=gen)]
+    return out
+
+
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
-        params=None, on_epoch: Callable | None = None, use_augment: bool = True) -> dict:
-    """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights."""
+        params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
+        extra=None) -> dict:
+    """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
+
+    `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
+    not augmented.
+    """
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
     # frozen parameters stay in the optimiser: they get no gradient (AdamW skips them) until unfrozen
@@ -54,21 +83,22 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
         return {"history": history, "best_epoch": 0}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
-    n = len(train.y)
-    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    n, n_extra = len(train.y), 0 if extra is None else len(extra.y)
+    steps = len(_batches(n, n_extra, cfg.batch_size, torch.Generator()))
     task = progress.add_task(desc, total=cfg.epochs * steps) if progress else None
     for epoch in range(1, cfg.epochs + 1):
         if on_epoch:
             on_epoch(epoch)
         model.train()
-        order = torch.randperm(n, generator=gen)
         total = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            x = train.x[idx]
-            if use_augment:
-                x = augment(x, gen)
-            loss = loss_fn(model, x, train.y[idx], idx)
+        for idx in _batches(n, n_extra, cfg.batch_size, gen):
+            if idx[0] < n:
+                x, y = train.x[idx], train.y[idx]
+                if augment_fn is not None:
+                    x = augment_fn(x)
+            else:
+                x, y = extra.x[idx - n], extra.y[idx - n]
+            loss = loss_fn(model, x, y, idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -77,7 +107,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
                 progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{cfg.epochs}")
         val_m = evaluate(model, val, corpus.classes)
         sched.step(val_m["ua"])
-        history.append({"epoch": epoch, "loss": total / n, "val_ua": val_m["ua"], "lr": opt.param_groups[0]["lr"]})
+        history.append({"epoch": epoch, "loss": total / (n + n_extra), "val_ua": val_m["ua"], "lr": opt.param_groups[0]["lr"]})
         if val_m["ua"] > best["ua"]:
             best = {"ua": val_m["ua"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
     model.load_state_dict(best["state"])

@@ -111,3 +111,30 @@ def test_gate_failure_exits_1(tiny_recipe_path, tmp_path):
                                    "--set", "distill.epochs=0", "--set", "prune.epochs=0", "--set", "qat.epochs=0"])
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output and "latency" in res.output
+
+
+def test_augmentations_and_smote_in_training(tiny_run, tmp_path):
+    """Every augmentation switch on, on an imbalanced manifest: SMOTE adds minority rows, training runs."""
+    import copy
+
+    from rich.console import Console
+
+    from edgeser.pipeline import compress
+    from edgeser.recipe import load_recipe
+    from tests.conftest import TINY, write_recipe
+
+    run_dir, _ = tiny_run
+    src = run_dir / "data/synth/manifest.csv"
+    lines = src.read_text().splitlines()
+    sad = [ln for ln in lines[1:] if ",sad," in ln]
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln not in sad[::2]]
+    rows = [ln.split(",") for ln in kept[1:]]
+    (tmp_path / "m.csv").write_text("\n".join([kept[0]] + [",".join([str(src.parent / r[0])] + r[1:]) for r in rows]))
+    r = copy.deepcopy(TINY)
+    r["data"] = {"manifest": str(tmp_path / "m.csv"), "clip_seconds": 1.0,
+                 "augment": {"freq_mask": True, "time_stretch": True, "pitch_shift": True, "noise": True,
+                             "smote": True, "p": 1.0}}
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", r))
+    compress(recipe, tmp_path / "run", console=Console(quiet=True), show_progress=False, until="distill")
+    m = json.loads((tmp_path / "run/stages/distill/metrics.json").read_text())
+    assert m["train"]["smote_rows"] > 0 and np.isfinite(m["train"]["history"][-1]["loss"])

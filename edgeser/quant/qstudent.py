@@ -42,9 +42,13 @@ class QuantStudent(nn.Module):
         self.pool_q = ActQuant()
         self.head = QLinear(student.body.head)
         self.out_q = ActQuant()
+        self.mel_augment = None  # training only (frequency masking)
 
     def forward(self, wav):
-        x = self.in_q(self.frontend(wav))
+        mel = self.frontend(wav)
+        if self.training and self.mel_augment is not None:
+            mel = self.mel_augment(mel)
+        x = self.in_q(mel)
         for conv, cq, rq in zip(self.convs, self.conv_q, self.relu_q):
             x = rq(torch.relu(cq(conv(x))))
         return self.out_q(self.head(self.pool_q(x.mean(-1))))

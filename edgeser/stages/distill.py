@@ -14,23 +14,24 @@ from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import augment, evaluate, fit, kd_loss, predict
+from edgeser.train import evaluate, fit, kd_loss, make_augment, predict
 
 
-def kd_views(train: Split, views: int, seed: int) -> Split:
-    """The train split followed by `views` deterministic augmented copies."""
-    gen = torch.Generator().manual_seed(seed)
-    xs = [train.x] + [augment(train.x, gen) for _ in range(views)]
+def kd_views(train: Split, views: int, augment_fn) -> Split:
+    """The train split followed by `views` augmented copies (deterministic for the recipe's seed)."""
+    xs = [train.x] + [augment_fn(train.x) for _ in range(views)]
     return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1))
 
 
 def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     """(corpus whose train split holds the augmented views, teacher logits for each of its rows)."""
-    d = ctx.recipe.distill
+    d, seed = ctx.recipe.distill, ctx.recipe.seed
     teacher_path = ctx.stage_dir("teacher") / "model.pt"
-    train = kd_views(ctx.corpus.splits["train"], d.aug_views, ctx.recipe.seed + 100)
+    x0 = ctx.corpus.splits["train"]
+    train = kd_views(x0, d.aug_views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100))
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
-    key = f"{sha256(teacher_path)}:{d.aug_views}:{ctx.recipe.seed}:{len(train.y)}"
+    aug = ctx.recipe.data.augment.model_dump(mode="json")
+    key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}"
     blob = load_state(cache) if cache.is_file() else None
     if blob is None or blob.get("key") != key:
         teacher = load_teacher(teacher_path)
@@ -46,12 +47,44 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float)
     return loss
 
 
-def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, **kw) -> dict:
-    """Train `model` by KD from the cached teacher logits (shared by distill, prune and QAT)."""
+def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) -> tuple[Split, torch.Tensor]:
+    """SMOTE in the student's feature space (its log-mel): synthetic minority-class rows, each with the
+    teacher logits of its nearest real same-class row as KD target."""
+    from edgeser.data.augment import smote
+
+    feats = predict(model.frontend, train.x)
+    syn, y = smote(feats, train.y, torch.Generator().manual_seed(seed))
+    targets = torch.empty(len(y), logits.shape[1])
+    for c in y.unique():
+        real, fake = (train.y == c).nonzero()[:, 0], (y == c).nonzero()[:, 0]
+        near = torch.cdist(syn[fake].flatten(1), feats[real].flatten(1)).argmin(1)
+        targets[fake] = logits[real[near]]
+    return Split(syn, y, ["smote"] * len(y)), targets
+
+
+def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = True, **kw) -> dict:
+    """Train `model` by KD from the cached teacher logits (shared by distill, prune and QAT).
+
+    Frequency masking (recipe data.augment.freq_mask) acts on the model's log-mel during training; SMOTE
+    rows are used for the float student only (QAT's front-end is quantised, so it sees real audio only).
+    """
     corpus, logits = kd_corpus(ctx)
-    d = ctx.recipe.distill
-    return fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha), seed=seed,
-               progress=ctx.progress, desc=desc, use_augment=False, **kw)
+    d, aug = ctx.recipe.distill, ctx.recipe.data.augment
+    extra = None
+    if aug.smote and use_smote:
+        extra, extra_logits = smote_rows(model, corpus.splits["train"], logits, seed)
+        logits = torch.cat([logits, extra_logits])
+    if aug.freq_mask:
+        from edgeser.data.augment import freq_mask
+
+        gen = torch.Generator().manual_seed(seed)
+        model.mel_augment = lambda mel: freq_mask(mel, gen, fraction=0.2)
+    try:
+        info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha), seed=seed,
+                   progress=ctx.progress, desc=desc, extra=extra, **kw)
+    finally:
+        model.mel_augment = None
+    return info | {"smote_rows": 0 if extra is None else len(extra.y)}
 
 
 def student_full_config(ctx: Context, body) -> dict:

@@ -40,7 +40,7 @@ def run(ctx: Context) -> dict:
     def on_epoch(epoch):  # observers follow the activations, then freeze for the last epochs
         q.set_observe(epoch <= cfg.freeze_observers_after)
 
-    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", on_epoch=on_epoch)
+    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch)
     q.set_observe(False)
     info["val_ua_after_calibration"] = calibrated["ua"]
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edgeser.fileio import size_bytes
 from edgeser.recipe import RecipeError
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit
+from edgeser.train import evaluate, fit, make_augment
 from edgeser.transfer import build_teacher, frozen_blocks, load_source_audio, params_for, teacher_loss
 
 
@@ -24,7 +24,8 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
         model.freeze_bottom(frozen_blocks(strategy, epoch, cfg))
 
     info |= fit(model, corpus, cfg, teacher_loss(cfg, source, ctx.recipe.seed), seed=ctx.recipe.seed,
-                progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch)
+                progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
+                augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1], ctx.recipe.seed))
     model.freeze_bottom(0)
     return model, info
 
