@@ -40,3 +40,16 @@ def test_frontend_loudness_invariant():
     fe = LogMel()
     x = torch.randn(1, 16000) * 0.1
     assert torch.allclose(fe(x), fe(x * 4), atol=1e-4)
+
+
+def test_frontend_same_in_exported_graph(tmp_path):
+    """The log-mel the model trains on is the one the exported ONNX graph computes."""
+    import onnxruntime as ort
+
+    from edgeser.export.onnx_export import export_onnx
+
+    fe = LogMel().eval()
+    export_onnx(fe, 16000, tmp_path / "fe.onnx")
+    x = (torch.randn(3, 16000, generator=torch.Generator().manual_seed(1)) * 0.1).numpy()
+    out = ort.InferenceSession(str(tmp_path / "fe.onnx")).run(None, {"audio": x})[0]
+    assert np.abs(out - fe(torch.from_numpy(x)).numpy()).max() < 1e-4
