@@ -95,8 +95,12 @@ class Teacher(Train):
         return self.strategy
 
 
+STUDENT_SIZES = {"xs": [32, 32, 48, 64], "s": [64, 64, 96, 128], "m": [96, 128, 160, 192]}
+
+
 class Student(_Section):
-    channels: list[int] = Field(default_factory=lambda: [64, 64, 96, 128])
+    size: Literal["xs", "s", "m"] = "s"  # a preset of conv widths, see STUDENT_SIZES
+    channels: list[int] | None = None  # explicit widths override `size`
     kernel_size: int = Field(3, ge=1, le=31)
     n_mels: int = Field(40, ge=8, le=128)
     frame_ms: float = Field(50.0, gt=1, le=200)
@@ -111,9 +115,12 @@ class Student(_Section):
     @field_validator("channels")
     @classmethod
     def _channels(cls, v):
-        if not v or any(c < 1 or c > 4096 for c in v):
+        if v is not None and (not v or any(c < 1 or c > 4096 for c in v)):
             raise ValueError("each channel count must be in 1..4096 and the list non-empty")
         return v
+
+    def widths(self) -> list[int]:
+        return self.channels or STUDENT_SIZES[self.size]
 
 
 class Distill(Train):
@@ -126,9 +133,26 @@ class Distill(Train):
 
 class Prune(Train):
     enabled: bool = True
+    # ratio: remove `channel_ratio` of channels at once. macs / latency: remove `step_ratio` per step, with
+    # `step_epochs` of KD fine-tuning between steps, until MACs per clip <= macs_budget, or the measured
+    # onnxruntime INT8 latency (batch 1, 1 thread, calibrated but untrained Q/DQ) <= latency_ms.
+    target: Literal["ratio", "macs", "latency"] = "ratio"
     channel_ratio: float = Field(0.5, ge=0, lt=1)
+    macs_budget: int | None = Field(None, gt=0)
+    latency_ms: float | None = Field(None, gt=0)
+    step_ratio: float = Field(0.15, gt=0, lt=1)
+    step_epochs: int = Field(1, ge=0, le=1000)
+    max_steps: int = Field(12, ge=1, le=100)
     epochs: int = Field(5, ge=0, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _target(self):
+        if self.target == "macs" and self.macs_budget is None:
+            raise ValueError("target macs needs prune.macs_budget")
+        if self.target == "latency" and self.latency_ms is None:
+            raise ValueError("target latency needs prune.latency_ms")
+        return self
 
 
 class QAT(Train):

@@ -17,7 +17,7 @@ def numpy_logmel(x: np.ndarray, fe: LogMel) -> np.ndarray:
     freqs = np.linspace(0, sr / 2, fe.n_freqs)
     basis = np.exp(-2j * np.pi * freqs[:, None] * np.arange(n)[None] / sr)
     power = np.abs((frames * win) @ basis.T) ** 2  # (T, F)
-    mel = mel_filterbank(40, freqs, sr) @ power.T  # the model applies [mel, mel] to [re; im]^2: same sum
+    mel = mel_filterbank(40, freqs, sr) @ power.T
     logmel = np.log(mel + 1e-10)
     peak = logmel.max()
     logmel = np.maximum(logmel, peak - fe.range)

@@ -95,7 +95,7 @@ def student_full_config(ctx: Context, body) -> dict:
 def run(ctx: Context) -> dict:
     cfg, s, corpus = ctx.recipe.distill, ctx.recipe.student, ctx.corpus
     torch.manual_seed(ctx.recipe.seed)
-    model = Student(len(corpus.classes), s.channels, s.kernel_size, s.frontend())
+    model = Student(len(corpus.classes), s.widths(), s.kernel_size, s.frontend())
     info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 1, "distill")
     save_model(ctx.stage_dir("distill") / "model.pt", model, student_full_config(ctx, model.body))
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes),

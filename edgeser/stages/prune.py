@@ -1,6 +1,14 @@
-"""Stage 4: prune redundant channels of the student body with torch-pruning, then fine-tune with KD."""
+"""Stage 4: prune redundant channels of the student body with torch-pruning, then fine-tune with KD.
+
+Targets: a channel ratio at once, or steps until a MACs budget or a measured onnxruntime latency is met.
+Channel counts are rounded to the target profile's multiple (e.g. 8 for TensorRT and the ANE).
+"""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch_pruning as tp
 
@@ -18,14 +26,59 @@ def prune_body(body: torch.nn.Module, n_mels: int, ratio: float, round_to: int) 
     pruner.step()
 
 
+def int8_latency_ms(student, calib: torch.Tensor, samples: int, runs: int = 50) -> float:
+    """p50 latency (batch 1, 1 thread) of the student as INT8 ONNX: calibrated Q/DQ, no training."""
+    from edgeser.export.onnx_export import export_onnx
+    from edgeser.quant.qstudent import QuantStudent
+    from edgeser.runtimes import latency_ms, onnx_runner
+    from edgeser.stages.qat import calibrate
+
+    q = QuantStudent(student)
+    calibrate(q, calib, 2, 16)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "probe.onnx"
+        export_onnx(q.to_export(), samples, path)
+        return latency_ms(onnx_runner(path), np.zeros(samples, np.float32), runs)["p50"]
+
+
+def _measure(ctx: Context, model, target: str, samples: int) -> float:
+    if target == "macs":
+        return model_stats(model, samples)["macs"]
+    return int8_latency_ms(model, ctx.corpus.splits["train"].x[:32], samples)
+
+
+def prune_to_target(ctx: Context, model, samples: int) -> list[dict]:
+    """Prune in steps, fine-tuning between them, until the recipe's MACs or latency target holds."""
+    cfg = ctx.recipe.prune
+    limit = cfg.macs_budget if cfg.target == "macs" else cfg.latency_ms
+    n_mels = model.frontend.mel.shape[0]
+    steps = [{"step": 0, "value": _measure(ctx, model, cfg.target, samples),
+              "channels": student_full_config(ctx, model.body)["channels"]}]
+    while steps[-1]["value"] > limit and len(steps) <= cfg.max_steps:
+        before = steps[-1]["channels"]
+        prune_body(model.body, n_mels, cfg.step_ratio, ctx.target.channel_multiple)
+        channels = student_full_config(ctx, model.body)["channels"]
+        if channels == before:  # nothing left to remove at this rounding
+            break
+        if cfg.step_epochs:
+            kd_fit(ctx, model, cfg.model_copy(update={"epochs": cfg.step_epochs}), ctx.recipe.seed + 10 + len(steps),
+                   f"prune step {len(steps)}")
+        steps.append({"step": len(steps), "value": _measure(ctx, model, cfg.target, samples), "channels": channels})
+        ctx.log(f"prune step {steps[-1]['step']}: channels {channels}, {cfg.target} {steps[-1]['value']:.4g}")
+    return steps
+
+
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.prune, ctx.corpus
     model, scfg = load_student(ctx.stage_dir("distill") / "model.pt")
     samples = corpus.splits["test"].x.shape[1]
     before = model_stats(model, samples)
-    info = {}
-    if cfg.enabled and cfg.channel_ratio > 0:
-        prune_body(model.body, model.frontend.mel.shape[0], cfg.channel_ratio, ctx.target.channel_multiple)
+    info, steps = {}, None
+    if cfg.enabled and (cfg.target != "ratio" or cfg.channel_ratio > 0):
+        if cfg.target == "ratio":
+            prune_body(model.body, model.frontend.mel.shape[0], cfg.channel_ratio, ctx.target.channel_multiple)
+        else:
+            steps = prune_to_target(ctx, model, samples)
         after_prune = evaluate(model, corpus.splits["val"], corpus.classes)
         info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 2, "prune fine-tune")
         info["val_ua_right_after_pruning"] = after_prune["ua"]
@@ -33,4 +86,7 @@ def run(ctx: Context) -> dict:
     after = model_stats(model, samples)
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes), "before": before, **after,
                "channels": student_full_config(ctx, model.body)["channels"], "train": info}
+    if steps is not None:
+        limit = cfg.macs_budget if cfg.target == "macs" else cfg.latency_ms
+        metrics["target"] = {"kind": cfg.target, "limit": limit, "steps": steps, "met": steps[-1]["value"] <= limit}
     return ctx.finish("prune", metrics)
