@@ -129,6 +129,17 @@ class Distill(Train):
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.7, ge=0, le=1)
     aug_views: int = Field(2, ge=0, le=32)  # augmented copies of the train set, teacher logits computed once
+    # feature (hint) distillation: the student's pooled features regress the teacher's pooled features of
+    # these trunk blocks (1 = conv1 ... 7 = conv7), weight `hint_weight`; empty = logit KD only
+    hint_layers: list[int] = Field(default_factory=list)
+    hint_weight: float = Field(0.5, ge=0, le=100)
+
+    @field_validator("hint_layers")
+    @classmethod
+    def _hints(cls, v):
+        if any(not 1 <= i <= 7 for i in v) or len(set(v)) != len(v):
+            raise ValueError("hint layers are distinct SoundNet-8 blocks 1..7")
+        return v
 
 
 class Prune(Train):

@@ -48,13 +48,14 @@ def _qdq_model(name: str, seed: int = 0):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    f32, i8 = TensorProto.FLOAT, TensorProto.INT8
+    f32 = TensorProto.FLOAT
 
     def const(n, arr):
         return numpy_helper.from_array(np.asarray(arr), n)
 
     inits = [const("s_x", np.float32(0.02)), const("s_y", np.float32(0.05)), const("zp", np.int8(0))]
-    nodes = [helper.make_node("DequantizeLinear", ["x_q", "s_x", "zp"], ["x"])]
+    nodes = [helper.make_node("QuantizeLinear", ["x_f", "s_x", "zp"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "s_x", "zp"], ["x"])]
     if name == "qlinearconv":
         ci, co, k, t = (CONV_SHAPE[k_] for k_ in ("c_in", "c_out", "k", "t"))
         w = rng.integers(-127, 128, (co, ci, k), dtype=np.int8)
@@ -81,13 +82,14 @@ def _qdq_model(name: str, seed: int = 0):
         x_shape, y_shape, macs = [m, k], [m, n], m * k * n
     else:
         raise ValueError(f"unknown kernel {name!r}; known: {sorted(INT8_OPS)}")
-    nodes.append(helper.make_node("QuantizeLinear", ["y", "s_y", "zp"], ["y_q"]))
-    graph = helper.make_graph(nodes, f"int8_peak_{name}", [helper.make_tensor_value_info("x_q", i8, x_shape)],
-                              [helper.make_tensor_value_info("y_q", i8, y_shape)], initializer=inits)
+    nodes += [helper.make_node("QuantizeLinear", ["y", "s_y", "zp"], ["y_q"]),
+              helper.make_node("DequantizeLinear", ["y_q", "s_y", "zp"], ["y_f"])]
+    graph = helper.make_graph(nodes, f"int8_peak_{name}", [helper.make_tensor_value_info("x_f", f32, x_shape)],
+                              [helper.make_tensor_value_info("y_f", f32, y_shape)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    x = rng.integers(-128, 128, x_shape, dtype=np.int8)
-    return model, {"x_q": x}, int(macs)
+    x = (rng.standard_normal(x_shape) * 0.8).astype(np.float32)  # ~ +-2.5, inside the int8 range at s_x
+    return model, {"x_f": x}, int(macs)
 
 
 def _session(model, threads: int, optimized_path: str | None = None):

@@ -13,7 +13,9 @@ from edgeser.recipe import Train
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    model.eval()
+    """Batched no-grad outputs of a module (put in eval mode) or of any function of a batch."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 

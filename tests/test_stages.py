@@ -173,3 +173,22 @@ def test_int8_latency_probe_measures_the_onnx_student():
     calib = torch.randn(16, 16000) * 0.1
     t_small, t_big = int8_latency_ms(small, calib, 16000, runs=20), int8_latency_ms(big, calib, 16000, runs=20)
     assert 0 < t_small < t_big
+
+
+def test_hint_distillation_from_teacher_blocks(tiny_run, tmp_path):
+    import copy
+
+    from rich.console import Console
+
+    from edgeser.pipeline import compress
+    from edgeser.recipe import load_recipe
+    from tests.conftest import TINY, write_recipe
+
+    r = copy.deepcopy(TINY)
+    r["distill"] |= {"hint_layers": [5, 7], "hint_weight": 1.0}
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", r))
+    compress(recipe, tmp_path / "run", console=Console(quiet=True), show_progress=False, until="distill")
+    m = json.loads((tmp_path / "run/stages/distill/metrics.json").read_text())
+    assert m["train"]["hint_layers"] == [5, 7] and np.isfinite(m["train"]["history"][-1]["loss"])
+    cache = torch.load(tmp_path / "run/stages/distill/teacher_logits.pt", weights_only=True)
+    assert cache["hints"]["5"].shape[1] == 64 and cache["hints"]["7"].shape[1] == 256  # width_mult 0.25

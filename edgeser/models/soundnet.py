@@ -76,5 +76,17 @@ class SoundNet8(nn.Module):
             x = F.interpolate(x, scale_factor=self.sample_rate / 16000, mode="linear", align_corners=False)
         return self.trunk(x * 256.0).mean(-1)
 
+    def block_features(self, wav: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
+        """Time-pooled outputs of trunk blocks (1-based), for feature (hint) distillation."""
+        x = wav.unsqueeze(1)
+        if self.sample_rate != 16000:
+            x = F.interpolate(x, scale_factor=self.sample_rate / 16000, mode="linear", align_corners=False)
+        x, out = x * 256.0, {}
+        for i, block in enumerate(self.trunk, start=1):
+            x = block(x)
+            if i in blocks:
+                out[i] = x.mean(-1)
+        return out
+
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(wav))

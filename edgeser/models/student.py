@@ -36,12 +36,16 @@ class Student(nn.Module):
         self.body = Body(self.frontend.mel.shape[0], channels, n_classes, kernel_size)
         self.mel_augment = None  # training only, e.g. frequency masking; not part of the exported graph
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: PCM (B, samples), or an already computed log-mel (B, n_mels, T) such as a SMOTE sample."""
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled last-block features). x: PCM (B, samples), or a log-mel (B, n_mels, T), e.g. SMOTE."""
         mel = self.frontend(x) if x.dim() == 2 else x
         if self.training and self.mel_augment is not None:
             mel = self.mel_augment(mel)
-        return self.body(mel)
+        pooled = self.body.blocks(mel).mean(-1)
+        return self.body.head(pooled), pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
 
 
 def student_config(body: Body) -> dict:

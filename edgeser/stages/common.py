@@ -23,6 +23,7 @@ class Context:
     console: object = None
     corpus: object = None
     results: dict = field(default_factory=dict)
+    hints: dict = field(default_factory=dict)  # cached teacher features for hint distillation, by block
 
     def stage_dir(self, name: str) -> Path:
         d = self.run_dir / "stages" / name

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
@@ -31,18 +32,34 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     train = kd_views(x0, d.aug_views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100))
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
     aug = ctx.recipe.data.augment.model_dump(mode="json")
-    key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}"
+    key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
     blob = load_state(cache) if cache.is_file() else None
     if blob is None or blob.get("key") != key:
         teacher = load_teacher(teacher_path)
-        blob = {"key": key, "logits": predict(teacher, train.x)}
+        blob = {"key": key, "logits": predict(teacher, train.x),
+                "hints": {str(i): predict(lambda x, i=i: teacher.block_features(x, [i])[i], train.x)
+                          for i in d.hint_layers}}
         save_state(cache, blob)
+    ctx.hints = {int(k): v for k, v in blob.get("hints", {}).items()}
     return dataclasses.replace(ctx.corpus, splits={**ctx.corpus.splits, "train": train}), blob["logits"]
 
 
-def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float):
+def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0):
+    """Logit KD, plus (when `hints` = {block: (teacher features (N, C), regressor)}) feature distillation:
+    MSE between the L2-normalised regressed student features and the teacher's, on real rows only."""
+
     def loss(model, x, y, idx):
-        return kd_loss(model(x), teacher_logits[idx], y, temperature, alpha)
+        if not hints:
+            return kd_loss(model(x), teacher_logits[idx], y, temperature, alpha)
+        logits, pooled = model.forward_features(x)
+        total = kd_loss(logits, teacher_logits[idx], y, temperature, alpha)
+        real = idx < len(next(iter(hints.values()))[0])
+        if real.any():
+            for feats, reg in hints.values():
+                s = F.normalize(reg(pooled[real]), dim=1)
+                total = total + hint_weight / len(hints) * F.mse_loss(s, F.normalize(feats[idx[real]], dim=1),
+                                                                      reduction="sum") / int(real.sum())
+        return total
 
     return loss
 
@@ -62,7 +79,8 @@ def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) ->
     return Split(syn, y, ["smote"] * len(y)), targets
 
 
-def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = True, **kw) -> dict:
+def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = True, use_hints: bool = False,
+           **kw) -> dict:
     """Train `model` by KD from the cached teacher logits (shared by distill, prune and QAT).
 
     Frequency masking (recipe data.augment.freq_mask) acts on the model's log-mel during training; SMOTE
@@ -79,12 +97,18 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
 
         gen = torch.Generator().manual_seed(seed)
         model.mel_augment = lambda mel: freq_mask(mel, gen, fraction=0.2)
+    hints, params = None, None
+    if use_hints and d.hint_layers:
+        torch.manual_seed(seed)
+        width = model.body.head.in_features
+        hints = {i: (f, torch.nn.Linear(width, f.shape[1])) for i, f in ctx.hints.items()}
+        params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
     try:
-        info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha), seed=seed,
-                   progress=ctx.progress, desc=desc, extra=extra, **kw)
+        info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight),
+                   seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params, **kw)
     finally:
         model.mel_augment = None
-    return info | {"smote_rows": 0 if extra is None else len(extra.y)}
+    return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
 
 
 def student_full_config(ctx: Context, body) -> dict:
@@ -96,7 +120,7 @@ def run(ctx: Context) -> dict:
     cfg, s, corpus = ctx.recipe.distill, ctx.recipe.student, ctx.corpus
     torch.manual_seed(ctx.recipe.seed)
     model = Student(len(corpus.classes), s.widths(), s.kernel_size, s.frontend())
-    info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 1, "distill")
+    info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 1, "distill", use_hints=True)
     save_model(ctx.stage_dir("distill") / "model.pt", model, student_full_config(ctx, model.body))
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes),
                **model_stats(model, corpus.splits["test"].x.shape[1]), "train": info}
