@@ -14,7 +14,7 @@ def numpy_logmel(x: np.ndarray, fe: LogMel) -> np.ndarray:
     hop = fe.hop
     frames = np.stack([y[i : i + n] for i in range(0, len(y) - n + 1, hop)])
     win = np.hanning(n + 2)[1:-1]
-    freqs = np.linspace(0, sr / 2, fe.n_freqs)
+    freqs = fe.freqs.numpy()  # mel-spaced DTFT sample points
     basis = np.exp(-2j * np.pi * freqs[:, None] * np.arange(n)[None] / sr)
     power = np.abs((frames * win) @ basis.T) ** 2  # (T, F)
     mel = mel_filterbank(40, freqs, sr) @ power.T

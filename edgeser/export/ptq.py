@@ -10,7 +10,7 @@ PTQ mirrors that as closely as onnxruntime allows:
   Relu and puts Q/DQ on its output, exactly like QAT's post-ReLU quantiser; ReduceMean (the time pooling) is
   not quantized by onnxruntime, but the head quantizes its input, which is QAT's pooled-feature quantiser.
 - excluded: the front-end float island, i.e. every node reachable from the DFT conv output before the first
-  body Conv/Gemm (Pow, the mel MatMul whose input comes from Pow, Log, ReduceMax, Max, Sub, Mul, Add).
+  body Conv (Pow, Reshape/ReduceSum, the mel MatMul fed from Pow, Log, ReduceMax, Max, Sub, Mul, Add).
   Quantizing the mel MatMul or the log-domain arithmetic would put int8 on a ~1e-10..1e3 power spectrum,
   which QAT deliberately keeps float. ``quantize_frontend=False`` also leaves the DFT conv (and what feeds
   it) float, so only the body and head are int8.
@@ -61,27 +61,24 @@ class AudioReader(CalibrationDataReader):
 
 
 def frontend_nodes(graph: onnx.GraphProto, include_dft: bool = False) -> list[str]:
-    """Names of the log-mel front-end's float island: nodes downstream of the DFT conv (the Conv whose output
-    is squared by Pow) up to, not including, the first body Conv / Gemm / MatMul with a constant B.
+    """Names of the log-mel front-end's float island: every node downstream of the DFT conv (the Conv whose
+    output is squared: Pow, or Mul(x, x)) up to, not including, the first body Conv (or a Gemm head).
     `include_dft` adds the DFT conv and everything upstream of it. [] when the model has no such front-end."""
     producer = {o: n for n in graph.node for o in n.output}
     consumers = collections.defaultdict(list)
     for n in graph.node:
         for i in n.input:
             consumers[i].append(n)
-    consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    dft = next((n for n in graph.node if n.op_type == "Conv"
-                and any(c.op_type == "Pow" for c in consumers[n.output[0]])), None)
+    squares = lambda n: n.op_type == "Pow" or (n.op_type == "Mul" and n.input[0] == n.input[1])  # noqa: E731
+    dft = next((n for n in graph.node if n.op_type == "Conv" and any(map(squares, consumers[n.output[0]]))), None)
     if dft is None:
         return []
-    is_body = lambda n: n.op_type in ("Conv", "Gemm") or (n.op_type == "MatMul" and n.input[1] in consts)  # noqa: E731
     island, todo = {}, list(consumers[dft.output[0]])
     while todo:
         n = todo.pop()
-        if n.name in island or is_body(n):
-            continue
-        island[n.name] = n
-        todo += [c for o in n.output for c in consumers[o]]
+        if n.name not in island and n.op_type not in ("Conv", "Gemm"):
+            island[n.name] = n
+            todo += [c for o in n.output for c in consumers[o]]
     if include_dft:
         todo = [dft]
         while todo:

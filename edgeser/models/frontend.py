@@ -12,11 +12,23 @@ import torch
 from torch import nn
 
 
+def _mel(f):
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+
+
+def _inv_mel(m):
+    return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+
+def mel_grid(n_freqs: int, sr: int) -> np.ndarray:
+    """Frequencies at which the DTFT is sampled: evenly spaced on the mel scale, so every mel band gets the
+    same number of samples (about n_freqs / n_mels) instead of the low bands getting one or none."""
+    return _inv_mel(np.linspace(_mel(0.0), _mel(sr / 2), n_freqs))
+
+
 def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
     """Triangular HTK-mel filters evaluated at the given frequencies: (n_mels, len(freqs))."""
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    inv = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
-    edges = inv(np.linspace(mel(0.0), mel(sr / 2), n_mels + 2))
+    edges = _inv_mel(np.linspace(_mel(0.0), _mel(sr / 2), n_mels + 2))
     fb = np.zeros((n_mels, len(freqs_hz)), dtype=np.float64)
     for m in range(n_mels):
         lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
@@ -29,11 +41,11 @@ def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
 
 class LogMel(nn.Module):
     def __init__(self, sr: int = 16000, frame_ms: float = 50, hop_ms: float = 25, n_mels: int = 40,
-                 n_freqs: int = 129, preemph: float = 0.97, top_db: float = 40.0):
+                 n_freqs: int = 100, preemph: float = 0.97, top_db: float = 40.0):
         super().__init__()
         n = int(sr * frame_ms / 1000)
         self.hop = int(sr * hop_ms / 1000)
-        freqs = np.linspace(0, sr / 2, n_freqs)
+        freqs = mel_grid(n_freqs, sr)
         t = np.arange(n)
         win = np.hanning(n + 2)[1:-1]
         ang = 2 * math.pi * freqs[:, None] * t[None, :] / sr
@@ -48,6 +60,7 @@ class LogMel(nn.Module):
         # then. re^2 + im^2 is a reshape and a sum over the (re, im) axis after it.
         self.register_buffer("mel", torch.tensor(mel_filterbank(n_mels, freqs, sr)))
         self.n_freqs = n_freqs
+        self.register_buffer("freqs", torch.tensor(freqs), persistent=False)
         self.range = top_db / 10.0 * math.log(10.0)  # top_db in natural-log power units
         self.requires_grad_(False)
 
