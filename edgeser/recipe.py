@@ -170,7 +170,8 @@ class QAT(Train):
     epochs: int = Field(4, ge=0, le=10_000)
     lr: float = Field(3e-4, gt=0, le=10)
     calib_batches: int = Field(8, ge=1, le=10_000)
-    freeze_observers_after: int = Field(2, ge=0)
+    freeze_observers_after: int = Field(2, ge=0)  # epochs with activation observers updating, then fixed
+    freeze_bn_after: int = Field(1, ge=0)  # epochs with (folded) BN statistics updating, then fixed
 
 
 class Export(_Section):

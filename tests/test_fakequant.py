@@ -68,3 +68,28 @@ def test_export_graph_matches_fakequant_and_runs_int8_kernels(tmp_path):
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
             zp = inits[n.input[2]]
             assert zp.dtype == np.int8 and not zp.any()
+
+
+def test_qconv_bn_folding_follows_then_freezes_statistics():
+    from edgeser.quant.fakequant import QConv1d
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv1d(4, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6).eval()
+    q = QConv1d(conv, bn)
+    q.enabled = False
+    x = torch.randn(8, 4, 20) + 1.0
+    assert torch.allclose(q.eval()(x), fold_bn(conv, bn)(x), atol=1e-5)  # BN folded on the fly
+    q.train()
+    q.bn_update = True
+    q(x)
+    moved = q.bn.running_mean.clone()
+    assert not torch.equal(moved, bn.running_mean)  # statistics follow the batch
+    q.bn_update = False
+    q(x * 3)
+    assert torch.equal(q.bn.running_mean, moved)  # frozen
+    q.enabled = True
+    e = q.eval()
+    ref = e(x)
+    e.freeze_int8()
+    e.export = True
+    assert torch.allclose(e(x), ref, atol=1e-6)  # export graph = folded, fake-quantised weights

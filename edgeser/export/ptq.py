@@ -11,18 +11,17 @@ PTQ mirrors that as closely as onnxruntime allows:
   not quantized by onnxruntime, but the head quantizes its input, which is QAT's pooled-feature quantiser.
 - excluded: the front-end float island, i.e. every node reachable from the DFT conv output before the first
   body Conv (Pow, Reshape/ReduceSum, the mel MatMul fed from Pow, Log, ReduceMax, Max, Sub, Mul, Add).
-  Quantizing the mel MatMul or the log-domain arithmetic would put int8 on a ~1e-10..1e3 power spectrum,
+  Quantizing the mel MatMul or the log-domain arithmetic would put int8 on a power spectrum spanning many decades,
   which QAT deliberately keeps float. ``quantize_frontend=False`` also leaves the DFT conv (and what feeds
   it) float, so only the body and head are int8.
-- biases stay float (``QuantizeBias=False``): as in our QAT graph, TensorRT forbids int32 Q/DQ and
-  onnxruntime still fuses DQ-Conv(float bias)-Q into QLinearConv.
+- biases stay float (``QuantizeBias=False``): as in our QAT graph; int32 bias DQ would fail check_tensorrt_rules
+  (int8 only), and onnxruntime still fuses DQ-Conv(float bias)-Q into QLinearConv.
 - zero points: ``ActivationSymmetric``/``WeightSymmetric`` make all of them 0 (TensorRT-legal). Unlike QAT
   (amax / 127), symmetric MinMax activations use scale 2 * amax / 255; weights use [-127, 127] like QAT.
 """
 from __future__ import annotations
 
 import collections
-import os
 import tempfile
 from pathlib import Path
 
@@ -88,12 +87,6 @@ def frontend_nodes(graph: onnx.GraphProto, include_dft: bool = False) -> list[st
     return sorted(island)
 
 
-def _static_batch(model: onnx.ModelProto, input_name: str) -> int | None:
-    inp = next(i for i in model.graph.input if i.name == input_name)
-    d0 = inp.type.tensor_type.shape.dim[0]
-    return d0.dim_value if d0.HasField("dim_value") and d0.dim_value > 0 else None
-
-
 def ptq_quantize(fp32_onnx, out_path, calib_audio: np.ndarray, *, input_name: str = "audio",
                  batch_size: int = 16, quantize_frontend: bool = True) -> dict:
     """Statically quantize `fp32_onnx` to a symmetric-int8 QDQ model at `out_path` (written atomically),
@@ -113,12 +106,16 @@ def ptq_quantize(fp32_onnx, out_path, calib_audio: np.ndarray, *, input_name: st
         for i, n in enumerate(model.graph.node):  # nodes_to_exclude works by name
             n.name = n.name or f"ptq_{n.op_type}_{i}"
         onnx.save(model, str(pre))
-        dims = model.graph.input[[i.name for i in model.graph.input].index(input_name)].type.tensor_type.shape.dim
+        inp = {i.name: i for i in model.graph.input}.get(input_name)
+        if inp is None:
+            raise ValueError(f"model has no input {input_name!r}")
+        dims = inp.type.tensor_type.shape.dim
+        static = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
         if len(dims) > 1 and dims[1].HasField("dim_value") and dims[1].dim_value != calib_audio.shape[1]:
             raise ValueError(f"model takes {dims[1].dim_value} samples, calib_audio has {calib_audio.shape[1]}")
         exclude = frontend_nodes(model.graph, include_dft=not quantize_frontend)
-        reader = AudioReader(calib_audio, input_name, batch_size, _static_batch(model, input_name))
-        with atomic_path(out_path) as tmp_out:
+        reader = AudioReader(calib_audio, input_name, batch_size, static)
+        with atomic_path(out_path) as tmp_out:  # temp file beside out_path, then os.replace
             quantize_static(
                 str(pre), str(tmp_out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_TYPES,
                 per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,

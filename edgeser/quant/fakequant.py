@@ -9,6 +9,8 @@ weight buffers; the formulas are identical, so fake-quant and the exported graph
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,33 +70,64 @@ class _QWeight(nn.Module):
         self.export = False
         self.enabled = True
 
-    def qweight(self) -> torch.Tensor:
-        w = self.weight
+    def weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The float weight and bias the layer computes with (QConv1d folds its BN in here)."""
+        return self.weight, self.bias
+
+    def qweight(self, w: torch.Tensor) -> torch.Tensor:
+        if self.export:
+            return QD.dequantize_per_channel(self.w_int8, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
         if not self.enabled:
             return w
         s = weight_scales(w).reshape(-1, *([1] * (w.dim() - 1)))
-        if self.export:
-            return QD.dequantize_per_channel(self.w_int8, self.w_scale, self.w_zp, 0, -127, 127, torch.int8)
         return torch.clamp(_round_ste(w / s), -127, 127) * s
 
     def freeze_int8(self):
         """Store int8 weights and their scales as buffers for the export graph."""
-        s = weight_scales(self.weight)
-        q = torch.clamp(torch.round(self.weight.detach() / s.reshape(-1, *([1] * (self.weight.dim() - 1)))), -127, 127)
+        w, b = self.weight_bias()
+        w = w.detach()
+        self.register_buffer("w_bias", None if b is None else b.detach().clone())
+        s = weight_scales(w)
+        q = torch.clamp(torch.round(w / s.reshape(-1, *([1] * (w.dim() - 1)))), -127, 127)
         self.register_buffer("w_int8", q.to(torch.int8))
         self.register_buffer("w_scale", s)
         self.register_buffer("w_zp", torch.zeros(len(s), dtype=torch.int64))
 
 
+def _fold(w: torch.Tensor, b: torch.Tensor | None, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of Conv followed by BN with its running statistics (differentiable in w, gamma, beta)."""
+    g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    b0 = b if b is not None else torch.zeros_like(bn.running_mean)
+    return w * g[:, None, None], (b0 - bn.running_mean) * g + bn.bias
+
+
 class QConv1d(_QWeight):
-    def __init__(self, conv: nn.Conv1d, bias: torch.Tensor | None = None):
+    """Fake-quant Conv1d. Given a BN, it is folded in on every forward from the BN's running statistics;
+    while `bn_update` is on (training), those statistics still follow the batches, then they freeze."""
+
+    def __init__(self, conv: nn.Conv1d, bn: nn.BatchNorm1d | None = None):
         super().__init__()
-        self.setup(conv.weight, bias if bias is not None else conv.bias)
+        self.setup(conv.weight, conv.bias)
+        self.bn = None if bn is None else copy.deepcopy(bn)
+        self.bn_update = False
         self.stride, self.padding = conv.stride, conv.padding
         self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
 
+    def weight_bias(self):
+        if self.bn is None:
+            return self.weight, self.bias
+        return _fold(self.weight, self.bias, self.bn)
+
     def forward(self, x):
-        return F.conv1d(x, self.qweight(), self.bias, self.stride, self.padding)
+        if self.export:
+            return F.conv1d(x, self.qweight(None), self.w_bias, self.stride, self.padding)
+        if self.bn is not None and self.bn_update and self.training:
+            with torch.no_grad():  # update the running statistics from this batch's float conv output
+                y = F.conv1d(x, self.weight, self.bias, self.stride, self.padding)
+                F.batch_norm(y, self.bn.running_mean, self.bn.running_var, training=True,
+                             momentum=self.bn.momentum or 0.1, eps=self.bn.eps)
+        w, b = self.weight_bias()
+        return F.conv1d(x, self.qweight(w), b, self.stride, self.padding)
 
 
 class QLinear(_QWeight):
@@ -104,15 +137,14 @@ class QLinear(_QWeight):
         self.in_features, self.out_features = fc.in_features, fc.out_features
 
     def forward(self, x):
-        return F.linear(x, self.qweight(), self.bias)
+        if self.export:
+            return F.linear(x, self.qweight(None), self.w_bias)
+        return F.linear(x, self.qweight(self.weight), self.bias)
 
 
 def fold_bn(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
     """Conv followed by BN (eval statistics) -> one Conv with bias."""
     fused = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
-    std = torch.sqrt(bn.running_var + bn.eps)
-    g = bn.weight.detach() / std
-    fused.weight.data = conv.weight.detach() * g[:, None, None]
-    b0 = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.data = (b0 - bn.running_mean) * g + bn.bias.detach()
+    w, b = _fold(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), bn)
+    fused.weight.data, fused.bias.data = w.detach(), b.detach()
     return fused

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgeser.models.student import Student
-from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear, fold_bn
+from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear
 
 
 class QuantFrontend(nn.Module):
@@ -35,7 +35,7 @@ class QuantStudent(nn.Module):
         convs, conv_q, relu_q = [], [], []
         for block in student.body.blocks:
             conv, bn = block[0], block[1]
-            convs.append(QConv1d(fold_bn(conv, bn)))
+            convs.append(QConv1d(conv, bn))
             conv_q.append(ActQuant())
             relu_q.append(ActQuant())
         self.convs, self.conv_q, self.relu_q = nn.ModuleList(convs), nn.ModuleList(conv_q), nn.ModuleList(relu_q)
@@ -59,6 +59,11 @@ class QuantStudent(nn.Module):
     def set_observe(self, on: bool):
         for m in self.act_quants():
             m.observe = on
+
+    def set_bn_update(self, on: bool):
+        """BN statistics follow the batches (on) or stay frozen (off); BN is folded into the convs either way."""
+        for m in self.convs:
+            m.bn_update = on
 
     def set_quant(self, on: bool):
         for m in self.modules():

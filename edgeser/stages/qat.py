@@ -37,11 +37,13 @@ def run(ctx: Context) -> dict:
     q = QuantStudent(student)
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
-    def on_epoch(epoch):  # observers follow the activations, then freeze for the last epochs
+    def on_epoch(epoch):  # BN statistics and observers follow the activations, then freeze
         q.set_observe(epoch <= cfg.freeze_observers_after)
+        q.set_bn_update(epoch <= cfg.freeze_bn_after)
 
     info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch)
     q.set_observe(False)
+    q.set_bn_update(False)
     info["val_ua_after_calibration"] = calibrated["ua"]
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
     metrics = {"test": evaluate(q, corpus.splits["test"], corpus.classes),

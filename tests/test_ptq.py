@@ -1,0 +1,108 @@
+"""PTQ baseline: onnxruntime static quantization with the same symmetric-int8 layout as our QAT export."""
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeser.export.onnx_export import export_onnx
+from edgeser.export.ptq import frontend_nodes, ptq_quantize
+from edgeser.export.tensorrt import check_tensorrt_rules
+from edgeser.models.student import Student
+
+SAMPLES = 16000
+
+
+def _session(path, optimized=None):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    if optimized:
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _clips(n, seed):
+    return (torch.randn(n, SAMPLES, generator=torch.Generator().manual_seed(seed)) * 0.1).numpy()
+
+
+def _ops(path):
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.fixture(scope="module")
+def ptq(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Student(4, [16, 16, 16, 16]).eval()
+    src = tmp_path_factory.mktemp("fp32") / "student.onnx"
+    export_onnx(model, SAMPLES, src)
+    out = tmp_path_factory.mktemp("ptq") / "student_ptq.onnx"
+    info = ptq_quantize(src, out, _clips(32, 1), batch_size=16)
+    return model, src, out, info
+
+
+def test_ptq_runs_and_agrees_with_fp32(ptq):
+    model, src, out, info = ptq
+    x = _clips(32, 2)
+    ref = _session(src).run(None, {"audio": x})[0]
+    got = _session(out).run(None, {"audio": x})[0]
+    with torch.no_grad():
+        assert np.abs(model(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
+    assert got.shape == (32, 4) and _session(out).run(None, {"audio": x[:3]})[0].shape == (3, 4)
+    assert np.isfinite(got).all() and np.isfinite(np.abs(got - ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    assert info["path"] == str(out) and info["calibration_clips"] == 32 and "MinMax" in info["method"]
+
+
+def test_layout_mirrors_qat_and_runs_int8_kernels(ptq, tmp_path):
+    _, _, out, info = ptq
+    assert info["quantized_op_types"] == {"Conv": 5, "Gemm": 1, "Relu": 4}  # DFT + 4 body convs, head
+    g = onnx.load(str(out)).graph
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    fed_by_dq = {n.op_type for n in g.node if any(producer.get(i) == "DequantizeLinear" for i in n.input)}
+    # the front-end float island (mel matmul, log, peak clamp, scaling) is not quantized
+    assert not fed_by_dq & {"MatMul", "Log", "ReduceMax", "Max", "Sub", "Mul", "Add"}, fed_by_dq
+    _session(out, optimized=tmp_path / "opt.onnx")
+    ops = _ops(tmp_path / "opt.onnx")
+    assert ops["QLinearConv"] == 5 and ops["Conv"] == 0, ops  # real INT8 kernels for the DFT and body convs
+
+
+def test_tensorrt_rules_pass(ptq):
+    res = check_tensorrt_rules(ptq[2])
+    assert res["passed"], res["violations"]
+    assert res["checked"]["per_channel"] >= 6  # every Conv / Gemm weight, axis 0
+
+
+def test_no_temp_files_left(ptq):
+    _, src, out, _ = ptq
+    assert os.listdir(out.parent) == [out.name]
+    assert os.listdir(src.parent) == [src.name]
+
+
+def test_float_frontend_option(ptq, tmp_path):
+    _, src, _, _ = ptq
+    out = tmp_path / "q_fe_float.onnx"
+    info = ptq_quantize(src, out, _clips(8, 3), quantize_frontend=False)
+    assert info["quantized_op_types"]["Conv"] == 4
+    assert frontend_nodes(onnx.load(str(src)).graph) and check_tensorrt_rules(out)["passed"]
+    _session(out, optimized=tmp_path / "opt.onnx")
+    ops = _ops(tmp_path / "opt.onnx")
+    assert ops["QLinearConv"] == 4 and ops["Conv"] == 1, ops
+    with pytest.raises(ValueError, match="samples"):
+        ptq_quantize(src, tmp_path / "bad.onnx", np.zeros((2, 8000), np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["opt.onnx", "q_fe_float.onnx"]
+
+
+def test_static_batch_model(tmp_path):
+    torch.manual_seed(0)
+    src = tmp_path / "b1.onnx"
+    export_onnx(Student(4, [16, 16, 16, 16]).eval(), SAMPLES, src, static_batch=1)
+    out = tmp_path / "b1_ptq.onnx"
+    info = ptq_quantize(src, out, _clips(5, 4), batch_size=16)  # fed one clip at a time
+    assert info["calibration_clips"] == 5 and info["quantized_op_types"]["Conv"] == 5
+    assert _session(out).run(None, {"audio": _clips(1, 5)})[0].shape == (1, 4)
+    assert check_tensorrt_rules(out)["passed"]
