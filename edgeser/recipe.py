@@ -7,7 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "coreml", "tensorrt")
+ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt")
 
 
 class RecipeError(ValueError):
@@ -177,6 +177,7 @@ class QAT(Train):
 class Export(_Section):
     formats: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: list(ARTIFACTS))  # type: ignore[valid-type]
     opset: int = Field(18, ge=17, le=20)
+    ptq_calib_clips: int = Field(128, ge=1, le=100_000)  # onnx-int8-ptq: train clips for MinMax calibration
 
 
 class Verify(_Section):

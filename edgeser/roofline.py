@@ -23,6 +23,10 @@ did not fuse is reported under `unverified` and left out of the peak. Timing: th
 *best* (minimum) time is kept: on a shared machine noise only ever adds time, so the minimum is the best
 estimate of what the hardware+kernel can do. MAC/s = MACs / best time; the peak is the max over kernels.
 
+On x86 onnxruntime rewrites int8 activations to uint8 (zero point 0 -> 128) before fusing, so these graphs
+and the student's alike run MLAS's u8s8 kernels (AVX512-VNNI / AVX2 VNNI where the CPU has it); the
+profiler's input types (uint8 activations, int8 weights) show it.
+
 A fraction of this peak is an achievable-peak roofline, not a datasheet one: 100 % means "as fast per MAC
 as onnxruntime's best INT8 kernel on this CPU with large, compute-bound shapes".
 """

@@ -62,7 +62,7 @@ def test_qat_stage_scales_calibrated(tiny_run):
 def test_export_stage_writes_every_format(tiny_run):
     run_dir, report = tiny_run
     names = [a["name"] for a in report["artifacts"]]
-    assert names == ["torchscript", "pt2", "onnx-fp32", "onnx-int8", "coreml", "tensorrt"]
+    assert names == ["torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt"]
     g = onnx.load(run_dir / "artifacts/student_int8.onnx").graph
     ops = {n.op_type for n in g.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "STFT" not in ops and "DFT" not in ops
@@ -73,12 +73,12 @@ def test_export_stage_writes_every_format(tiny_run):
 def test_verify_stage_statuses(tiny_run):
     _, report = tiny_run
     by = {a["name"]: a for a in report["artifacts"]}
-    for n in ("torchscript", "pt2", "onnx-fp32", "onnx-int8"):
+    for n in ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq"):
         a = by[n]
         assert a["status"] == "verified", a
         assert len(a["sha256"]) == 64 and a["size_bytes"] > 0
         assert a["latency_ms"]["p95"] >= a["latency_ms"]["p50"] > 0
-        assert 0 <= a["ua"] <= 1 and a["agreement"] >= 0.9
+        assert 0 <= a["ua"] <= 1 and a["agreement"] >= (0.5 if n == "onnx-int8-ptq" else 0.9)
     assert by["onnx-int8"]["size_bytes"] < by["onnx-fp32"]["size_bytes"]
     for n in ("coreml", "tensorrt"):
         assert by[n]["status"] == "skipped" and by[n]["reason"]

@@ -13,6 +13,8 @@ ARTIFACT_SPECS = {
     "pt2": ("student_int8.pt2", "int8-qdq", "qat"),
     "onnx-fp32": ("student_fp32.onnx", "fp32", "prune"),
     "onnx-int8": ("student_int8.onnx", "int8", "qat"),
+    # baseline: onnxruntime quantize_static (MinMax) on the same pruned student, no QAT
+    "onnx-int8-ptq": ("student_int8_ptq.onnx", "int8", "prune"),
     "coreml": ("student_w8a8.mlpackage", "int8", "qat"),
     "tensorrt": ("student_int8.engine", "int8", "qat"),
 }
@@ -54,6 +56,17 @@ def _tensorrt(ctx, onnx_int8, samples, path):
     return {"status": "exported", "reason": None, "checks": checks}
 
 
+def _ptq(ctx, fp32, onnx_fp32, samples, path):
+    from edgeser.export.ptq import ptq_quantize
+
+    if not onnx_fp32.exists():
+        export_onnx(fp32, samples, onnx_fp32, opset=ctx.recipe.export.opset, static_batch=ctx.target.static_batch)
+    calib = ctx.corpus.splits["train"].x[: ctx.recipe.export.ptq_calib_clips].numpy()
+    with quiet():
+        info = ptq_quantize(onnx_fp32, path, calib)
+    return {"checks": {"ptq": info}}
+
+
 def run(ctx: Context) -> dict:
     fmts = ctx.recipe.export.formats
     samples = ctx.corpus.splits["test"].x.shape[1]
@@ -64,11 +77,13 @@ def run(ctx: Context) -> dict:
     opset, sb = ctx.recipe.export.opset, ctx.target.static_batch
     onnx_int8 = out / ARTIFACT_SPECS["onnx-int8"][0]
     need_int8_onnx = "onnx-int8" in fmts or "tensorrt" in fmts
+    onnx_fp32 = out / ARTIFACT_SPECS["onnx-fp32"][0]
     builders = {
         "torchscript": lambda p: export_torchscript(qexport, samples, p),
         "pt2": lambda p: export_pt2(qexport, samples, p, static_batch=sb),
         "onnx-fp32": lambda p: export_onnx(fp32, samples, p, opset=opset, static_batch=sb),
         "onnx-int8": lambda p: export_onnx(qexport, samples, p, opset=opset, static_batch=sb),
+        "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p),
         "coreml": lambda p: _coreml(ctx, qexport, samples, p),
         "tensorrt": lambda p: _tensorrt(ctx, onnx_int8, samples, p),
     }
@@ -81,7 +96,8 @@ def run(ctx: Context) -> dict:
         fname, precision, ref = ARTIFACT_SPECS[name]
         path = out / fname
         rec = {"name": name, "format": name, "precision": precision, "path": str(path.relative_to(ctx.run_dir)),
-               "reference": ref, "status": "exported", "reason": None, "checks": {}}
+               "reference": ref, "role": "baseline" if name == "onnx-int8-ptq" else "deploy",
+               "status": "exported", "reason": None, "checks": {}}
         if ctx.progress:
             ctx.progress.update(task, description=f"export {name}")
         try:
