@@ -12,16 +12,19 @@ compute-bound, and run through the same runtime (onnxruntime, CPU provider, grap
   qgemm        Q/DQ -> Gemm(1024 x 1024 x 1024, transB) -> Q/DQ     ORT fuses to QGemm (the student's head)
   qmatmul      Q/DQ -> MatMul(1024 x 1024 x 1024) -> Q/DQ           ORT fuses to QLinearMatMul
 
-Like the student, each graph takes and returns float (Q -> DQ -> op -> Q -> DQ): with int8 graph inputs or
-outputs onnxruntime 1.32 leaves Conv/MatMul unfused and picks a ~10x slower QGemm path, so that form would
-not measure the student's kernels. The float Quantize of the input and Dequantize of the output are
-O(n^2) against the op's O(n^3) and stay in the timing, as do the conv's NCW<->NWC transposes (ORT's
-profiler puts the fused op at ~95 % of node time for the GEMMs, ~80-85 % for the conv; `int8_op_share` and
-`kernel_only_macs_per_s` report that split, the peak uses whole-graph times). Each model's optimised graph
-(SessionOptions.optimized_model_filepath) is read back to check that the fused INT8 op is there and no float Conv/Gemm/MatMul is left; a kernel that
-did not fuse is reported under `unverified` and left out of the peak. Timing: the kernels run interleaved in rounds after a warm-up, and each one's
-*best* (minimum) time is kept: on a shared machine noise only ever adds time, so the minimum is the best
-estimate of what the hardware+kernel can do. MAC/s = MACs / best time; the peak is the max over kernels.
+Like the student, each graph takes and returns float (Q -> DQ -> op -> Q -> DQ). With int8 graph inputs
+and outputs instead, onnxruntime 1.32 leaves Conv/MatMul unfused and runs the QGemm ~10x slower (its
+int8 -> uint8 rewrite, below, needs the Q/DQ pairs), so that form would not measure the student's kernels.
+The float Quantize of the input and Dequantize of the output are O(n^2) against the op's O(n^3) and stay
+in the timing, as do the conv's NCW <-> NWC transposes (ORT's profiler puts the fused op at ~95 % of node
+time for the GEMMs, ~80-85 % for the conv; `int8_op_share` and `kernel_only_macs_per_s` report that split;
+the peak uses whole-graph times). Each model's optimised graph (SessionOptions.optimized_model_filepath) is
+read back to check that the fused INT8 op is there and no float Conv/Gemm/MatMul is left; a kernel that did
+not fuse is reported under `unverified` and left out of the peak.
+
+Timing: the kernels run interleaved in rounds after a warm-up, and each one's *best* (minimum) time is
+kept: on a shared machine noise only ever adds time, so the minimum is the best estimate of what the
+hardware + kernel can do. MAC/s = MACs / best time; the peak is the max over kernels.
 
 On x86 onnxruntime rewrites int8 activations to uint8 (zero point 0 -> 128) before fusing, so these graphs
 and the student's alike run MLAS's u8s8 kernels (AVX512-VNNI / AVX2 VNNI where the CPU has it); the

@@ -15,7 +15,7 @@ from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, kd_loss, make_augment, predict
+from edgeser.train import evaluate, fit, kd_loss, make_augment, predict, torch_threads
 
 
 def kd_views(train: Split, views: int, augment_fn) -> Split:
@@ -104,8 +104,9 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
         hints = {i: (f, torch.nn.Linear(width, f.shape[1])) for i, f in ctx.hints.items()}
         params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
     try:
-        info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight),
-                   seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params, **kw)
+        with torch_threads(1):
+            info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight),
+                       seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params, **kw)
     finally:
         model.mel_augment = None
     return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
