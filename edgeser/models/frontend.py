@@ -56,9 +56,11 @@ class LogMel(nn.Module):
         kp[:, :-1] -= preemph * k
         self.dft = nn.Conv1d(1, 2 * n_freqs, n + 1, stride=self.hop, bias=False)
         self.dft.weight.data = torch.tensor(kp[:, None, :], dtype=torch.float32)
-        # The DFT output has exactly one consumer (Pow): onnxruntime fuses the INT8 DFT into QLinearConv only
-        # then. re^2 + im^2 is a reshape and a sum over the (re, im) axis after it.
-        self.register_buffer("mel", torch.tensor(mel_filterbank(n_mels, freqs, sr)))
+        # Applied to [re; im]^2 at once: mel @ (re^2 + im^2) == [mel, mel] @ [re; im]^2. The DFT output then has
+        # one consumer (Pow), which onnxruntime needs to fuse the INT8 DFT into QLinearConv, and no separate
+        # add of re^2 and im^2 (a ReduceSum there cost 11 % of the INT8 student's time).
+        fb = mel_filterbank(n_mels, freqs, sr)
+        self.register_buffer("mel", torch.tensor(np.concatenate([fb, fb], axis=1)))
         self.n_freqs = n_freqs
         self.register_buffer("freqs", torch.tensor(freqs), persistent=False)
         self.range = top_db / 10.0 * math.log(10.0)  # top_db in natural-log power units
@@ -72,9 +74,7 @@ class LogMel(nn.Module):
 
     def from_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, 2F, T) real and imaginary DFT parts -> normalised log-mel (B, n_mels, T)."""
-        sq = spec.pow(2)
-        power = sq.reshape(sq.shape[0], 2, self.n_freqs, sq.shape[-1]).sum(1)
-        mel = torch.matmul(self.mel, power)
+        mel = torch.matmul(self.mel, spec.pow(2))
         logmel = torch.log(mel + 1e-10)
         peak = logmel.amax(dim=(1, 2), keepdim=True)
         logmel = torch.maximum(logmel, peak - self.range)
