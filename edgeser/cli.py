@@ -22,21 +22,27 @@ def _bad_input(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str):
+    """Validate the recipe (exit 2 on bad input, nothing written) and run the pipeline up to `until`."""
+    from edgeser.pipeline import compress as run_pipeline
+
+    try:
+        r = load_recipe(recipe, sets or [])
+        run_dir = out or Path("runs") / r.name
+        return run_dir, run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until=until)
+    except RecipeError as e:
+        _bad_input(str(e))
+
+
 @app.command()
 def compress(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: distill.epochs=3"),
              out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)"),
              no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
     """Run the whole pipeline from one recipe and verify every artifact."""
-    from edgeser.pipeline import compress as run_pipeline
     from edgeser.report import print_report
 
-    try:
-        r = load_recipe(recipe, set_ or [])
-        run_dir = out or Path("runs") / r.name
-        report = run_pipeline(r, run_dir, console=console, show_progress=not no_progress)
-    except RecipeError as e:
-        _bad_input(str(e))
+    run_dir, report = _run(recipe, set_, out, no_progress, "report")
     print_report(console, report)
     console.print(f"report: {run_dir / 'report.md'}")
     raise typer.Exit(0 if report["passed"] else 1)
@@ -48,14 +54,7 @@ def finetune(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recip
              out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)"),
              no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
     """Transfer SoundNet-8 to speech emotion (the teacher stage of `compress`, on its own)."""
-    from edgeser.pipeline import compress as run_pipeline
-
-    try:
-        r = load_recipe(recipe, set_ or [])
-        run_dir = out or Path("runs") / r.name
-        m = run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until="teacher")
-    except RecipeError as e:
-        _bad_input(str(e))
+    run_dir, m = _run(recipe, set_, out, no_progress, "teacher")
     t = m["test"]
     console.print(f"teacher ({m['train'].get('strategy', 'loaded')}): test UA {100 * t['ua']:.1f}%  "
                   f"WA {100 * t['wa']:.1f}%  macro-F1 {100 * t['macro_f1']:.1f}%")

@@ -108,9 +108,12 @@ class Student(_Section):
     # log-mel dynamic range kept below each clip's peak. 40 dB matches what the INT8 DFT output can carry
     # (127 amplitude steps = 42 dB); measured on the demo: 80 dB loses 13 pt UA at QAT, 55 dB 5 pt, 40 dB none.
     top_db: float = Field(40.0, gt=0, le=200)
+    # DTFT sample points on a mel-spaced grid; the INT8 DFT conv (most of the student's MACs) scales with it
+    n_freqs: int = Field(100, ge=8, le=1024)
 
     def frontend(self) -> dict:
-        return {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "hop_ms": self.hop_ms, "top_db": self.top_db}
+        return {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "hop_ms": self.hop_ms, "top_db": self.top_db,
+                "n_freqs": self.n_freqs}
 
     @field_validator("channels")
     @classmethod

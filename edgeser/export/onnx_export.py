@@ -1,34 +1,12 @@
 """ONNX export (torch.onnx dynamo exporter), TorchScript trace and torch.export (.pt2), all written atomically."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-
 import torch
 
 from edgeser.fileio import atomic_path
+from edgeser.quiet import quiet
 
 INPUT, OUTPUT = "audio", "logits"
-
-
-@contextlib.contextmanager
-def quiet():
-    """The exporters print progress and deprecation chatter; keep the user's terminal for our own progress."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch.fx", "torch._dynamo",
-                                              "coremltools")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def _dynamic(static_batch: int | None):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import traceback
 
-from edgeser.export.onnx_export import INPUT, OUTPUT, example_batch, export_onnx, export_pt2, export_torchscript, quiet
+from edgeser.export.onnx_export import INPUT, OUTPUT, example_batch, export_onnx, export_pt2, export_torchscript
+from edgeser.quiet import quiet
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
 
