@@ -34,11 +34,16 @@ def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str):
         _bad_input(str(e))
 
 
+# options shared by the commands that run the pipeline
+RECIPE = typer.Option(..., "--recipe", "-r", help="YAML recipe")
+SET = typer.Option(None, "--set", help="override any recipe field, e.g. --set distill.epochs=3")
+OUT = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)")
+NO_PROGRESS = typer.Option(False, "--no-progress", help="no progress bars")
+
+
 @app.command()
-def compress(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe"),
-             set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: distill.epochs=3"),
-             out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)"),
-             no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
+def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
+             no_progress: bool = NO_PROGRESS):
     """Run the whole pipeline from one recipe and verify every artifact."""
     from edgeser.report import print_report
 
@@ -49,10 +54,8 @@ def compress(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recip
 
 
 @app.command()
-def finetune(recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe"),
-             set_: Optional[List[str]] = typer.Option(None, "--set", help="override a field: teacher.epochs=3"),
-             out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)"),
-             no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
+def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
+             no_progress: bool = NO_PROGRESS):
     """Transfer SoundNet-8 to speech emotion (the teacher stage of `compress`, on its own)."""
     run_dir, m = _run(recipe, set_, out, no_progress, "teacher")
     t = m["test"]
