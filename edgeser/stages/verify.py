@@ -68,25 +68,31 @@ def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float) -> list[dict]:
     return gates
 
 
-def run(ctx: Context) -> dict:
-    test, classes = ctx.corpus.splits["test"], ctx.corpus.classes
+def verify_records(run_dir, recipe, test, classes, records: list[dict], results: dict, progress=None) -> dict:
+    """Run every exported artifact on the held-out split against its PyTorch reference; apply the gates.
+    Shared by the verify stage of `compress` and by `edgeser verify` (which re-reads everything from disk)."""
     x, y = test.x.numpy(), test.y.numpy()
-    q, _ = load_qat(ctx.stage_dir("qat") / "model.pt")
-    fp32, _ = load_student(ctx.stage_dir("prune") / "model.pt")
+    q, _ = load_qat(run_dir / "stages/qat/model.pt")
+    fp32, _ = load_student(run_dir / "stages/prune/model.pt")
     refs = {"qat": torch_runner(q)(x), "prune": torch_runner(fp32)(x)}
-    stats = {"qat": ctx.results["qat"], "prune": ctx.results["prune"]}
-    records = ctx.results["export"]["artifacts"]
-    task = ctx.progress.add_task("verify", total=len(records)) if ctx.progress else None
+    stats = {"qat": results["qat"], "prune": results["prune"]}
+    task = progress.add_task("verify", total=len(records)) if progress else None
     artifacts = []
     for rec in records:
-        if ctx.progress:
-            ctx.progress.update(task, description=f"verify {rec['name']}")
-        a = verify_artifact(rec, ctx.run_dir, x, y, classes, refs[rec["reference"]], ctx.recipe.verify.latency_runs)
+        if progress:
+            progress.update(task, description=f"verify {rec['name']}")
+        a = verify_artifact(rec, run_dir, x, y, classes, refs[rec["reference"]], recipe.verify.latency_runs)
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
         artifacts.append(a)
-        if ctx.progress:
-            ctx.progress.advance(task)
-    if ctx.progress:
-        ctx.progress.remove_task(task)
-    gates = evaluate_gates(ctx.recipe.verify, artifacts, ctx.results["teacher"]["test"]["ua"])
-    return ctx.finish("verify", {"artifacts": artifacts, "gates": gates})
+        if progress:
+            progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    gates = evaluate_gates(recipe.verify, artifacts, results["teacher"]["test"]["ua"])
+    return {"artifacts": artifacts, "gates": gates}
+
+
+def run(ctx: Context) -> dict:
+    out = verify_records(ctx.run_dir, ctx.recipe, ctx.corpus.splits["test"], ctx.corpus.classes,
+                         ctx.results["export"]["artifacts"], ctx.results, ctx.progress)
+    return ctx.finish("verify", out)
