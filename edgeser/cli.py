@@ -65,6 +65,36 @@ def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     console.print(f"model: {run_dir / 'stages/teacher/model.pt'}")
 
 
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compress` run folder"),
+           artifact: Optional[str] = typer.Option(None, "--artifact", help="check only this artifact"),
+           junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML here"),
+           data: Optional[Path] = typer.Option(None, "--data", help="manifest CSV of the held-out data"),
+           set_: Optional[List[str]] = SET):
+    """Re-check exported artifacts in CI: sha256 against manifest.json, accuracy, agreement, latency and
+    size gates on the held-out split. Exit 0 all pass, 1 a gate failed or a file changed, 2 bad input."""
+    from rich.markup import escape
+
+    from edgeser.run_manifest import verify_run, write_junit
+
+    try:
+        result = verify_run(run_dir, artifact=artifact, data=data, sets=set_ or [])
+    except RecipeError as e:
+        _bad_input(str(e))
+    for c in result["checks"]:
+        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+        limit = f" (limit {c['limit']})" if "limit" in c else ""
+        console.print(f"{mark} {escape(c['name'])}: {escape(str(c['value']))}{escape(limit)}")
+    for a in result["artifacts"]:
+        if a["status"] == "verified":
+            console.print(f"{a['name']}: UA {100 * a['ua']:.1f}%, agreement {100 * a['agreement']:.1f}%, "
+                          f"p95 {a['latency_ms']['p95']:.2f} ms")
+    if junit is not None:
+        write_junit(junit, result)
+        console.print(f"junit: {junit}")
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
 @data_app.command("synth")
 def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
                seed: int = typer.Option(0, "--seed"),

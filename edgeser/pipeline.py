@@ -50,4 +50,8 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
             progress.advance(overall)
             summary = result.get("test", {}).get("ua") if isinstance(result, dict) else None
             console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * summary:.1f}%" if summary else ""))
+    if until == "report":
+        from edgeser.run_manifest import write_manifest
+
+        write_manifest(run_dir, recipe.model_dump(mode="json"), result["artifacts"])
     return result
