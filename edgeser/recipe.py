@@ -7,7 +7,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt")
+ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt", "qnn-htp")
 
 
 class RecipeError(ValueError):

@@ -49,7 +49,43 @@ def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
     return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
 
 
+def qnn_available() -> tuple[bool, str]:
+    try:
+        import onnxruntime_qnn  # noqa: F401
+    except ImportError as e:
+        return False, f"onnxruntime-qnn is not installed ({e}); `make install` tries it as an optional extra"
+    return True, "onnxruntime-qnn HTP backend (x86 simulator of the Hexagon NPU)"
+
+
+_QNN_REGISTERED = False
+
+
+def qnn_runner(path: Path, soc_model: str = "60", htp_arch: str = "75") -> Runner:
+    """The QDQ ONNX on the Qualcomm HTP backend with CPU fallback disabled: session creation fails unless
+    the WHOLE graph runs on the NPU backend. On x86 the HTP library is Qualcomm's simulator. Float front-end
+    ops run in fp16 there, as on the device."""
+    import onnxruntime as ort
+    import onnxruntime_qnn as oq
+
+    global _QNN_REGISTERED
+    if not _QNN_REGISTERED:
+        ort.register_execution_provider_library("QNNExecutionProvider", oq.get_library_path())
+        _QNN_REGISTERED = True
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    so = ort.SessionOptions()
+    so.add_provider_for_devices(devices, {"backend_path": oq.get_qnn_htp_path(), "enable_htp_fp16_precision": "1",
+                                          "soc_model": soc_model, "htp_arch": htp_arch})
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=so)
+    inp = sess.get_inputs()[0]
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
+
+
 def load_runner(fmt: str, path: Path) -> Runner:
+    if fmt == "qnn-htp":
+        return qnn_runner(path)
     if fmt.startswith("onnx"):
         return onnx_runner(path)
     import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)

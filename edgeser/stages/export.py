@@ -18,6 +18,8 @@ ARTIFACT_SPECS = {
     "onnx-int8-ptq": ("student_int8_ptq.onnx", "int8", "prune"),
     "coreml": ("student_w8a8.mlpackage", "int8", "qat"),
     "tensorrt": ("student_int8.engine", "int8", "qat"),
+    # the onnx-int8 file itself, run on the Qualcomm HTP backend (static batch: use the hexagon target)
+    "qnn-htp": ("student_int8.onnx", "int8", "qat"),
 }
 
 
@@ -34,6 +36,16 @@ def _coreml(ctx, qexport, samples, path):
     reason = reason if spec["passed"] else "CoreML spec check failed: " + "; ".join(spec["violations"][:5])
     return {"status": status, "reason": None if ok and spec["passed"] else reason,
             "checks": {"coreml_spec": spec, "export": info}}
+
+
+def _qnn(ctx):
+    from edgeser.runtimes import qnn_available
+
+    ok, why = qnn_available()
+    if not ctx.target.static_batch:
+        return {"status": "skipped", "reason": "QNN HTP needs a static batch: use a target with static_batch "
+                                               "(e.g. qualcomm-hexagon)"}
+    return {"status": "exported" if ok else "skipped", "reason": None if ok else why}
 
 
 def _tensorrt(ctx, onnx_int8, samples, path):
@@ -77,7 +89,7 @@ def run(ctx: Context) -> dict:
     out = ctx.artifacts_dir()
     opset, sb = ctx.recipe.export.opset, ctx.target.static_batch
     onnx_int8 = out / ARTIFACT_SPECS["onnx-int8"][0]
-    need_int8_onnx = "onnx-int8" in fmts or "tensorrt" in fmts
+    need_int8_onnx = "onnx-int8" in fmts or "tensorrt" in fmts or "qnn-htp" in fmts
     onnx_fp32 = out / ARTIFACT_SPECS["onnx-fp32"][0]
     builders = {
         "torchscript": lambda p: export_torchscript(qexport, samples, p),
@@ -87,6 +99,7 @@ def run(ctx: Context) -> dict:
         "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p),
         "coreml": lambda p: _coreml(ctx, qexport, samples, p),
         "tensorrt": lambda p: _tensorrt(ctx, onnx_int8, samples, p),
+        "qnn-htp": lambda p: _qnn(ctx),
     }
     if need_int8_onnx and "onnx-int8" not in fmts:
         export_onnx(qexport, samples, onnx_int8, opset=opset, static_batch=sb)
