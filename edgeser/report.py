@@ -82,6 +82,9 @@ def run(ctx: Context) -> dict:
     report = build_report(ctx)
     write_json(ctx.run_dir / "report.json", report)
     write_text(ctx.run_dir / "report.md", markdown(report))
+    from edgeser.report_html import render
+
+    write_text(ctx.run_dir / "report.html", render(report))
     return report
 
 

@@ -194,3 +194,24 @@ def test_hint_distillation_from_teacher_blocks(tiny_run, tmp_path):
     assert m["train"]["hint_layers"] == [5, 7] and np.isfinite(m["train"]["history"][-1]["loss"])
     cache = torch.load(tmp_path / "run/stages/distill/teacher_logits.pt", weights_only=True)
     assert cache["hints"]["5"].shape[1] == 64 and cache["hints"]["7"].shape[1] == 256  # width_mult 0.25
+
+
+def test_report_html_is_self_contained_and_complete(tiny_run):
+    from html.parser import HTMLParser
+
+    run_dir, report = tiny_run
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.external = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.external += [v for k, v in attrs if k in ("src", "href") and v]
+
+    p = Collect()
+    p.feed((run_dir / "report.html").read_text())
+    verified = [a for a in report["artifacts"] if a["status"] == "verified"]
+    assert p.tags.count("svg") == 2 + len(verified)  # waterfall, Pareto, one confusion matrix per artifact
+    assert p.tags.count("table") == 2 and not p.external  # nothing outside the file
