@@ -178,7 +178,9 @@ class QAT(Train):
 
 
 class Export(_Section):
-    formats: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: list(ARTIFACTS))  # type: ignore[valid-type]
+    # qnn-htp needs a static-batch target (qualcomm-hexagon), so it is asked for by name, not by default
+    formats: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: [a for a in ARTIFACTS if a != "qnn-htp"])
     opset: int = Field(18, ge=17, le=20)
     ptq_calib_clips: int = Field(128, ge=1, le=100_000)  # onnx-int8-ptq: train clips for MinMax calibration
 
