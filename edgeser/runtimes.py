@@ -83,9 +83,46 @@ def qnn_runner(path: Path, soc_model: str = "60", htp_arch: str = "75") -> Runne
     return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
 
 
+def coreml_runner(path: Path) -> Runner:
+    """CoreML prediction (macOS only; on Linux the export marks the artifact skipped before this is reached)."""
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path))
+    shape = model.get_spec().description.input[0].type.multiArrayType.shape
+    return Runner(lambda x: model.predict({"audio": x})["logits"], static_batch=int(shape[0]))
+
+
+def tensorrt_runner(path: Path) -> Runner:
+    """A serialized TensorRT 10 engine run on the GPU (where `import tensorrt` works), torch CUDA buffers."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+    out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+
+    def fn(x):
+        xt = torch.from_numpy(np.ascontiguousarray(x)).cuda()
+        context.set_input_shape(inp, tuple(xt.shape))
+        y = torch.empty(tuple(context.get_tensor_shape(out)), device="cuda", dtype=torch.float32)
+        context.set_tensor_address(inp, xt.data_ptr())
+        context.set_tensor_address(out, y.data_ptr())
+        context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        return y.cpu().numpy()
+
+    return Runner(fn)
+
+
 def load_runner(fmt: str, path: Path) -> Runner:
     if fmt == "qnn-htp":
         return qnn_runner(path)
+    if fmt == "coreml":
+        return coreml_runner(path)
+    if fmt == "tensorrt":
+        return tensorrt_runner(path)
     if fmt.startswith("onnx"):
         return onnx_runner(path)
     import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)

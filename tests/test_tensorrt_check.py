@@ -163,3 +163,13 @@ def test_build_engine(tmp_path, good_onnx):
                        max_shape=(8, 16000), input_name="audio", timing_cache=tmp_path / "t.cache")
     assert (tmp_path / "m.engine").stat().st_size == res["size_bytes"] > 0
     assert (tmp_path / "t.cache").exists()
+    # the engine runs, and agrees with onnxruntime on the same QDQ graph
+    import onnxruntime as ort
+
+    from edgeser.runtimes import tensorrt_runner
+
+    x = (np.random.default_rng(0).standard_normal((4, 16000)) * 0.1).astype(np.float32)
+    got = tensorrt_runner(tmp_path / "m.engine")(x)
+    ref = ort.InferenceSession(str(src)).run(None, {"audio": x})[0]
+    assert got.shape == ref.shape and (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
+

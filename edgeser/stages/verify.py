@@ -9,7 +9,9 @@ from edgeser.runtimes import latency_ms, load_runner, torch_runner
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
 
-RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "qnn-htp"}
+# coreml and tensorrt reach verification only where their runtime exists (macOS; a GPU with TensorRT):
+# elsewhere the export stage marks them skipped with the reason
+RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
 
 
 def verify_artifact(rec: dict, run_dir, x: np.ndarray, y: np.ndarray, classes, ref_logits: np.ndarray,
