@@ -246,6 +246,16 @@ def _format_error(e: ValidationError) -> str:
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 
+def validate(raw: dict, sets: list[str] | None = None) -> Recipe:
+    """Apply `--set KEY=VALUE` overrides to a raw recipe mapping and validate it (RecipeError names the field)."""
+    for k, v in parse_overrides(sets or []):
+        _set_path(raw, k, v)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(_format_error(e)) from None
+
+
 def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe. Relative paths inside it resolve against the recipe's folder."""
     path = Path(path)
@@ -261,12 +271,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}")
-    for k, v in parse_overrides(sets or []):
-        _set_path(raw, k, v)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as e:
-        raise RecipeError(_format_error(e)) from None
+    recipe = validate(raw, sets)
     base = path.resolve().parent
     checks = [("data.manifest", recipe.data, "manifest", "file"), ("teacher.checkpoint", recipe.teacher, "checkpoint", "file"),
               ("teacher.pretrained", recipe.teacher, "pretrained", "file"),

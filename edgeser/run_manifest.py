@@ -64,10 +64,8 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
                sets: list[str] | None = None, progress=None) -> dict:
     """Re-check a finished run: artifact hashes against manifest.json, then every runnable artifact re-run
     on the held-out split with the recipe's gates (overridable with --set). Raises RecipeError on bad input."""
-    from pydantic import ValidationError
-
     from edgeser.data.dataset import load_corpus
-    from edgeser.recipe import Recipe, RecipeError, _format_error, _set_path, parse_overrides
+    from edgeser.recipe import RecipeError, validate
     from edgeser.stages.verify import verify_records
 
     run_dir = Path(run_dir)
@@ -76,13 +74,7 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
     manifest = _read_json(run_dir / "manifest.json", "artifact manifest")
     if artifact is not None and artifact not in manifest["artifacts"]:
         raise RecipeError(f"--artifact {artifact}: not in this run ({', '.join(manifest['artifacts'])})")
-    raw = _read_json(run_dir / "recipe.json", "recipe")
-    for k, v in parse_overrides(sets or []):
-        _set_path(raw, k, v)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as e:
-        raise RecipeError(_format_error(e)) from None
+    recipe = validate(_read_json(run_dir / "recipe.json", "recipe"), sets)
     hashes = check_hashes(run_dir, manifest, artifact)
     tampered = {h["name"][len("sha256 ["):-1] for h in hashes if not h["passed"]}
     stage = {s: _read_json(run_dir / "stages" / s / "metrics.json", f"{s} metrics")
