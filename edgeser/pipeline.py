@@ -33,6 +33,8 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
     target = load_target(recipe.target)
     preflight(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "report.json"):  # a run that dies must not look finished to `verify`
+        (run_dir / stale).unlink(missing_ok=True)
     write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
     torch.manual_seed(recipe.seed)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -48,8 +50,8 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
             result = fn(ctx)
             timings[name] = round(time.perf_counter() - t, 2)
             progress.advance(overall)
-            summary = result.get("test", {}).get("ua") if isinstance(result, dict) else None
-            console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * summary:.1f}%" if summary else ""))
+            ua = result.get("test", {}).get("ua") if isinstance(result, dict) else None
+            console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * ua:.1f}%" if ua is not None else ""))
     if until == "report":
         from edgeser.run_manifest import write_manifest
 
