@@ -49,7 +49,8 @@ def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
     save_state(path, {"config": config, "state_dict": model.state_dict()})
 
 
-def _load(path: Path) -> tuple[dict, dict]:
+def read_model_file(path: Path) -> tuple[dict, dict]:
+    """(config, state_dict) of a model file written by save_model, checked for both parts."""
     blob = load_state(path)
     if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
         raise ValueError(f"{path}: not an edgeser model file (need 'config' and 'state_dict')")
@@ -57,7 +58,7 @@ def _load(path: Path) -> tuple[dict, dict]:
 
 
 def load_teacher(path: Path) -> SoundNet8:
-    cfg, state = _load(path)
+    cfg, state = read_model_file(path)
     model = SoundNet8(cfg["n_classes"], cfg.get("width_mult", 1.0), sample_rate=cfg.get("sample_rate", 16000),
                       attention=cfg.get("attention", True))
     model.load_state_dict(state)
@@ -69,7 +70,7 @@ def build_student(cfg: dict) -> Student:
 
 
 def load_student(path: Path) -> tuple[Student, dict]:
-    cfg, state = _load(path)
+    cfg, state = read_model_file(path)
     model = build_student(cfg)
     model.load_state_dict(state)
     return model.eval(), cfg

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from edgeser.quant.qstudent import QuantStudent
-from edgeser.stages.common import Context, build_student, load_student, model_stats, save_model
+from edgeser.stages.common import Context, build_student, load_student, model_stats, read_model_file, save_model
 from edgeser.stages.distill import kd_fit
 from edgeser.train import evaluate
-from edgeser.fileio import load_state
 
 
 @torch.no_grad()
@@ -25,10 +24,10 @@ def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -
 
 
 def load_qat(path) -> tuple[QuantStudent, dict]:
-    blob = load_state(path)
-    q = QuantStudent(build_student(blob["config"]))
-    q.load_state_dict(blob["state_dict"])
-    return q.eval(), blob["config"]
+    cfg, state = read_model_file(path)
+    q = QuantStudent(build_student(cfg))
+    q.load_state_dict(state)
+    return q.eval(), cfg
 
 
 def run(ctx: Context) -> dict:
