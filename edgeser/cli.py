@@ -95,6 +95,59 @@ def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compres
     raise typer.Exit(0 if result["passed"] else 1)
 
 
+@app.command()
+def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8_stream (cached) or an .onnx"),
+           wav: Optional[Path] = typer.Option(None, "--wav", help="audio file (any rate; resampled to 16 kHz)"),
+           stdin: bool = typer.Option(False, "--stdin", help="raw mono 16 kHz PCM on stdin"),
+           mic: bool = typer.Option(False, "--mic", help="the default microphone (needs `sounddevice`)"),
+           fmt: str = typer.Option("s16le", "--format", help="stdin PCM: s16le or f32le"),
+           recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="stream settings (default: the run's)"),
+           window: Optional[float] = typer.Option(None, "--window", help="window length, seconds"),
+           hop: Optional[float] = typer.Option(None, "--hop", help="window hop, seconds"),
+           smoothing: Optional[str] = typer.Option(None, "--smooth", help="ema, median or none"),
+           no_cache: bool = typer.Option(False, "--no-cache", help="recompute every window's frames"),
+           threads: int = typer.Option(1, "--threads", min=1, help="onnxruntime threads")):
+    """Emotion timeline over live audio: one JSON line per window (time, label, smoothed probabilities),
+    printed as each window completes; a summary with the real-time factor goes to stderr."""
+    import json as _json
+
+    from edgeser.streaming.artifact import StreamError, StreamModel, run_recipe
+    from edgeser.streaming.sources import mic_chunks, stdin_chunks, wav_chunks
+    from edgeser.streaming.streamer import StreamSettings, Streamer
+
+    if sum([wav is not None, stdin, mic]) != 1:
+        _bad_input("give exactly one input: --wav FILE, --stdin or --mic")
+    try:
+        model = StreamModel(artifact, threads)
+        r = run_recipe(artifact, recipe)
+        cfg = r.stream if r else None
+        default_window = (cfg.window_s or r.data.clip_seconds) if r else model.clip_samples / model.sr
+        settings = StreamSettings(window_s=window or default_window, hop_s=hop or (cfg.hop_s if cfg else 0.5),
+                                  smoothing=smoothing or (cfg.smoothing if cfg else "ema"),
+                                  ema_alpha=cfg.ema_alpha if cfg else 0.5,
+                                  median_windows=cfg.median_windows if cfg else 5)
+        streamer = Streamer(model, settings, cache=not no_cache)
+        chunk = model.hop * 4  # 100 ms
+        source = wav_chunks(wav, chunk) if wav else stdin_chunks(chunk, fmt) if stdin else mic_chunks(chunk)
+        out = sys.stdout
+        for pcm in source:
+            for e in streamer.push(pcm):
+                out.write(_json.dumps(e) + "\n")
+                out.flush()
+        for e in streamer.flush():
+            out.write(_json.dumps(e) + "\n")
+    except (StreamError, RecipeError) as e:
+        _bad_input(str(e))
+    except KeyboardInterrupt:
+        pass
+    s = streamer.stats()
+    if s["windows"]:
+        err.print(f"{s['windows']} windows of {settings.window_s:g} s every {settings.hop_s:g} s over "
+                  f"{s['audio_s']:.1f} s of audio; processing {1000 * s['process_s']:.1f} ms, real-time factor "
+                  f"{s['rtf']:.5f}; cache {'on' if s['cache'] else 'off'}: {s['frames_computed']} frames computed "
+                  f"of {s['frames_uncached']} ({100 * s['frontend_saving']:.0f} % of front-end work saved)")
+
+
 @data_app.command("synth")
 def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
                seed: int = typer.Option(0, "--seed"),

@@ -7,7 +7,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt", "qnn-htp")
+ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "coreml", "tensorrt",
+             "qnn-htp")
 
 
 class RecipeError(ValueError):
@@ -194,6 +195,15 @@ class Verify(_Section):
     latency_runs: int = Field(50, ge=3, le=100_000)
 
 
+class Stream(_Section):
+    """`edgeser stream`: sliding windows over live PCM (flags override these)."""
+    window_s: float | None = Field(None, gt=0.05, le=60)  # default: data.clip_seconds, what the student saw
+    hop_s: float = Field(0.5, gt=0, le=60)  # a multiple of student.hop_ms, so windows share cached frames
+    smoothing: Literal["ema", "median", "none"] = "ema"
+    ema_alpha: float = Field(0.5, gt=0, le=1)  # weight of the newest window
+    median_windows: int = Field(5, ge=1, le=1000)
+
+
 class Recipe(_Section):
     name: str = "run"
     seed: int = 0
@@ -206,6 +216,15 @@ class Recipe(_Section):
     qat: QAT = QAT()
     export: Export = Export()
     verify: Verify = Verify()
+    stream: Stream = Stream()
+
+    @model_validator(mode="after")
+    def _stream_hop(self):
+        frames = self.stream.hop_s * 1000 / self.student.hop_ms
+        if abs(frames - round(frames)) > 1e-6 or round(frames) < 1:
+            raise ValueError(f"stream.hop_s: {self.stream.hop_s} s must be a multiple of student.hop_ms "
+                             f"({self.student.hop_ms} ms), so overlapping windows share cached frames")
+        return self
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
@@ -242,7 +261,7 @@ def _format_error(e: ValidationError) -> str:
             msg = "unknown key"
         msg = msg.replace("Value error, ", "")
         msg = msg.replace("Input should be greater than", "must be >").replace("Input should be less than", "must be <")
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {msg}" if err["loc"] else msg)  # a cross-field check names its fields itself
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 

@@ -35,7 +35,7 @@ def torch_runner(module) -> Runner:
     return Runner(fn, set_threads=torch.set_num_threads)
 
 
-def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
+def onnx_session(path: Path, threads: int = 1, optimize: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -43,10 +43,22 @@ def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
     so.inter_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
+    sess = onnx_session(path, threads, optimize)
     inp = sess.get_inputs()[0]
     static = inp.shape[0] if isinstance(inp.shape[0], int) else None
     return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
+
+
+def stream_runner(folder: Path, threads: int = 1) -> Runner:
+    """The streaming artifact run on whole clips: body(frontend(audio)), no cache (that is `edgeser stream`)."""
+    from edgeser.export.stream_export import BODY, FRONTEND
+
+    fe, body = onnx_session(Path(folder) / FRONTEND, threads), onnx_session(Path(folder) / BODY, threads)
+    return Runner(lambda x: body.run(None, {"frames": fe.run(None, {"audio": x})[0]})[0])
 
 
 def qnn_available() -> tuple[bool, str]:
@@ -123,6 +135,8 @@ def load_runner(fmt: str, path: Path) -> Runner:
         return coreml_runner(path)
     if fmt == "tensorrt":
         return tensorrt_runner(path)
+    if fmt == "onnx-int8-stream":
+        return stream_runner(path)
     if fmt.startswith("onnx"):
         return onnx_runner(path)
     import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)

@@ -62,7 +62,8 @@ def test_qat_stage_scales_calibrated(tiny_run):
 def test_export_stage_writes_every_format(tiny_run):
     run_dir, report = tiny_run
     names = [a["name"] for a in report["artifacts"]]
-    assert names == ["torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "coreml", "tensorrt"]
+    assert names == ["torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "coreml",
+                     "tensorrt"]
     g = onnx.load(run_dir / "artifacts/student_int8.onnx").graph
     ops = {n.op_type for n in g.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "STFT" not in ops and "DFT" not in ops
@@ -73,7 +74,7 @@ def test_export_stage_writes_every_format(tiny_run):
 def test_verify_stage_statuses(tiny_run):
     _, report = tiny_run
     by = {a["name"]: a for a in report["artifacts"]}
-    for n in ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq"):
+    for n in ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq"):
         a = by[n]
         assert a["status"] == "verified", a
         assert len(a["sha256"]) == 64 and a["size_bytes"] > 0

@@ -74,8 +74,16 @@ class LogMel(nn.Module):
 
     def from_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, 2F, T) real and imaginary DFT parts -> normalised log-mel (B, n_mels, T)."""
-        mel = torch.matmul(self.mel, spec.pow(2))
-        logmel = torch.log(mel + 1e-10)
+        return self.normalise(self.log_power(spec))
+
+    def log_power(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 2F, T) DFT parts -> log mel power per frame (B, n_mels, T). Each frame depends only on its own
+        samples, so a stream computes every frame once and overlapping windows share it (`edgeser stream`)."""
+        # clamp, not "+ 1e-10": the ONNX exporter folds away the add as adding zero, and log(0) = -inf
+        return torch.log(torch.matmul(self.mel, spec.pow(2)).clamp_min(1e-10))
+
+    def normalise(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Per clip (or stream window): clamp to `top_db` below its peak, scale to [-1, 1]."""
         peak = logmel.amax(dim=(1, 2), keepdim=True)
         logmel = torch.maximum(logmel, peak - self.range)
         return (logmel - peak) * (2.0 / self.range) + 1.0

@@ -23,7 +23,11 @@ class QuantFrontend(nn.Module):
         del self.fe.dft
 
     def forward(self, wav):
-        return self.fe.from_spectrum(self.dft_q(self.dft(self.in_q(wav.unsqueeze(1)))))
+        return self.fe.normalise(self.frames(wav))
+
+    def frames(self, wav):
+        """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches."""
+        return self.fe.log_power(self.dft_q(self.dft(self.in_q(wav.unsqueeze(1)))))
 
 
 class QuantStudent(nn.Module):
@@ -48,6 +52,10 @@ class QuantStudent(nn.Module):
         mel = self.frontend(wav)
         if self.training and self.mel_augment is not None:
             mel = self.mel_augment(mel)
+        return self.classify(mel)
+
+    def classify(self, mel):
+        """Normalised log-mel (B, n_mels, T) -> logits."""
         x = self.in_q(mel)
         for conv, cq, rq in zip(self.convs, self.conv_q, self.relu_q):
             x = rq(torch.relu(cq(conv(x))))

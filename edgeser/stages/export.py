@@ -14,6 +14,8 @@ ARTIFACT_SPECS = {
     "pt2": ("student_int8.pt2", "int8-qdq", "qat"),
     "onnx-fp32": ("student_fp32.onnx", "fp32", "prune"),
     "onnx-int8": ("student_int8.onnx", "int8", "qat"),
+    # the same INT8 graph split at the per-frame log-mel, for `edgeser stream` with its feature cache
+    "onnx-int8-stream": ("student_int8_stream", "int8", "qat"),
     # baseline: onnxruntime quantize_static (MinMax) on the same pruned student, no QAT
     "onnx-int8-ptq": ("student_int8_ptq.onnx", "int8", "prune"),
     "coreml": ("student_w8a8.mlpackage", "int8", "qat"),
@@ -80,6 +82,16 @@ def _ptq(ctx, fp32, onnx_fp32, samples, path):
     return {"checks": {"ptq": info}}
 
 
+def _stream(ctx, qexport, samples, path):
+    from edgeser.export.stream_export import export_stream
+
+    if ctx.target.static_batch:
+        return {"status": "skipped", "reason": "the streaming graphs have dynamic lengths; this target needs "
+                                               "static shapes", "path": None}
+    cfg = export_stream(qexport, ctx.corpus.classes, samples, path, opset=ctx.recipe.export.opset)
+    return {"checks": {"stream": {k: cfg[k] for k in ("frame_samples", "hop_samples", "n_mels")}}}
+
+
 def run(ctx: Context) -> dict:
     fmts = ctx.recipe.export.formats
     samples = ctx.corpus.splits["test"].x.shape[1]
@@ -96,6 +108,7 @@ def run(ctx: Context) -> dict:
         "pt2": lambda p: export_pt2(qexport, samples, p, static_batch=sb),
         "onnx-fp32": lambda p: export_onnx(fp32, samples, p, opset=opset, static_batch=sb),
         "onnx-int8": lambda p: export_onnx(qexport, samples, p, opset=opset, static_batch=sb),
+        "onnx-int8-stream": lambda p: _stream(ctx, qexport, samples, p),
         "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p),
         "coreml": lambda p: _coreml(ctx, qexport, samples, p),
         "tensorrt": lambda p: _tensorrt(ctx, onnx_int8, samples, p),

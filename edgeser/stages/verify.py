@@ -11,7 +11,7 @@ from edgeser.stages.qat import load_qat
 
 # coreml and tensorrt reach verification only where their runtime exists (macOS; a GPU with TensorRT):
 # elsewhere the export stage marks them skipped with the reason
-RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
+RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
 
 
 def verify_artifact(rec: dict, run_dir, x: np.ndarray, y: np.ndarray, classes, ref_logits: np.ndarray,

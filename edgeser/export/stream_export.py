@@ -1,0 +1,71 @@
+"""The streaming artifact: the INT8 student split at the per-frame log-mel into two ONNX graphs.
+
+    STREAM_DIR/frontend.onnx  audio (B, samples)         -> frames (B, n_mels, T)  un-normalised log-mel power
+    STREAM_DIR/body.onnx      frames (B, n_mels, T)      -> logits (B, classes)    per-window normalisation + CNN
+    STREAM_DIR/stream.json    sample rate, frame and hop lengths, classes, default window and hop
+
+Each frame depends only on its own samples, so a stream computes every frame once and overlapping windows share
+it (`edgeser stream`). body(frontend(x)) is the onnx-int8 graph; verification checks it against the QAT model.
+Both graphs take any batch and any length.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeser.export.onnx_export import example_batch
+from edgeser.fileio import atomic_path
+from edgeser.quiet import quiet
+
+FRONTEND, BODY, CONFIG = "frontend.onnx", "body.onnx", "stream.json"
+FRAMES = "frames"
+
+
+class StreamFrontend(nn.Module):
+    def __init__(self, q):
+        super().__init__()
+        self.frontend = q.frontend
+
+    def forward(self, audio):
+        return self.frontend.frames(audio)
+
+
+class StreamBody(nn.Module):
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+
+    def forward(self, frames):
+        return self.q.classify(self.q.frontend.fe.normalise(frames))
+
+
+def stream_config(q, classes: list[str], clip_samples: int, sr: int = 16000) -> dict:
+    fe = q.frontend
+    return {"sample_rate": sr, "frame_samples": int(fe.dft.kernel_size[0]), "hop_samples": int(fe.fe.hop),
+            "n_mels": int(fe.fe.mel.shape[0]), "classes": list(classes), "clip_samples": int(clip_samples),
+            "inputs": {"frontend": "audio", "body": FRAMES}, "outputs": {"frontend": FRAMES, "body": "logits"}}
+
+
+def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, opset: int = 18) -> dict:
+    """Write the folder atomically (temp folder, then rename): a crash never leaves half of it."""
+    qexport = qexport.eval()
+    x = example_batch(samples, None)
+    with torch.no_grad():
+        frames = StreamFrontend(qexport)(x)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    n_samples = torch.export.Dim("samples", min=qexport.frontend.dft.kernel_size[0], max=16000 * 3600)
+    n_frames = torch.export.Dim("frames", min=4, max=200_000)
+    cfg = stream_config(qexport, classes, samples)
+    with quiet(), atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        torch.onnx.export(StreamFrontend(qexport), (x,), str(tmp / FRONTEND), dynamo=True, external_data=False,
+                          opset_version=opset, input_names=["audio"], output_names=[FRAMES],
+                          dynamic_shapes=({0: batch, 1: n_samples},))
+        torch.onnx.export(StreamBody(qexport), (frames,), str(tmp / BODY), dynamo=True, external_data=False,
+                          opset_version=opset, input_names=[FRAMES], output_names=["logits"],
+                          dynamic_shapes=({0: batch, 2: n_frames},))
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return cfg

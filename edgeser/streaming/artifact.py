@@ -1,0 +1,116 @@
+"""Load an artifact for streaming: the split stream folder (front-end + body, cacheable) or a plain ONNX.
+
+    RUN/artifacts/student_int8_stream/   frontend.onnx + body.onnx + stream.json: frames are cached
+    RUN/artifacts/student_int8.onnx      the whole model run on every window: no cache
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeser.export.stream_export import BODY, CONFIG, FRONTEND
+from edgeser.runtimes import onnx_session
+
+
+class StreamError(ValueError):
+    """Bad input for `edgeser stream` (artifact, flags, audio); the message names it. Exit code 2."""
+
+
+def _run_classes(path: Path, n: int) -> list[str]:
+    """Class names of the run an ONNX file came from (RUN/artifacts/x.onnx -> RUN/stages/data/metrics.json)."""
+    metrics = path.resolve().parent.parent / "stages" / "data" / "metrics.json"
+    try:
+        classes = json.loads(metrics.read_text())["classes"]
+        if len(classes) == n:
+            return list(classes)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return [f"class{i}" for i in range(n)]
+
+
+class StreamModel:
+    """Wraps the onnxruntime sessions and counts the seconds spent in them (`compute_s`)."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        path = Path(path)
+        if not path.exists():
+            raise StreamError(f"{path}: no such artifact")
+        self.path, self.compute_s = path, 0.0
+        try:
+            if path.is_dir():
+                self._load_stream_dir(path, threads)
+            elif path.suffix == ".onnx":
+                self._load_onnx(path, threads)
+            else:
+                raise StreamError(f"{path}: not a streamable artifact (expected a stream folder with {CONFIG} "
+                                  f"or an .onnx file)")
+        except StreamError:
+            raise
+        except Exception as e:  # onnxruntime raises its own types for unreadable or invalid models
+            raise StreamError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+
+    def _load_stream_dir(self, path, threads):
+        for f in (FRONTEND, BODY, CONFIG):
+            if not (path / f).is_file():
+                raise StreamError(f"{path}: missing {f} (is this an onnx-int8-stream artifact?)")
+        cfg = json.loads((path / CONFIG).read_text())
+        self.sr, self.frame, self.hop = cfg["sample_rate"], cfg["frame_samples"], cfg["hop_samples"]
+        self.classes, self.clip_samples = cfg["classes"], cfg["clip_samples"]
+        self.frontend_sess, self.body_sess = onnx_session(path / FRONTEND, threads), onnx_session(path / BODY, threads)
+        self.whole = None
+        self.cacheable = True
+
+    def _load_onnx(self, path, threads):
+        self.whole = onnx_session(path, threads)
+        inp, out = self.whole.get_inputs()[0], self.whole.get_outputs()[0]
+        if not (len(inp.shape) == 2 and isinstance(inp.shape[1], int)):
+            raise StreamError(f"{path}: expected an audio input (batch, samples), got {inp.shape}")
+        self.input_name, self.clip_samples = inp.name, int(inp.shape[1])
+        self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.sr, self.frame, self.hop = 16000, 801, 400  # the student front-end's framing (recipe defaults)
+        self.classes = _run_classes(path, int(out.shape[1]))
+        self.cacheable = False
+
+    def _timed(self, sess, feed):
+        t = time.perf_counter()
+        out = sess.run(None, feed)[0]
+        self.compute_s += time.perf_counter() - t
+        return out
+
+    def n_frames(self, samples: int) -> int:
+        return (samples - self.frame) // self.hop + 1
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        """(samples,) -> un-normalised log-mel frames (n_mels, T)."""
+        return self._timed(self.frontend_sess, {"audio": audio[None].astype(np.float32, copy=False)})[0]
+
+    def body(self, frames: np.ndarray) -> np.ndarray:
+        """(n_mels, T) frames of one window -> logits (classes,)."""
+        return self._timed(self.body_sess, {"frames": np.ascontiguousarray(frames[None])})[0]
+
+    def window(self, audio: np.ndarray) -> np.ndarray:
+        """Uncached: one window's audio through the whole model -> logits (classes,)."""
+        x = audio[None].astype(np.float32, copy=False)
+        if self.whole is None:
+            return self.body(self.frames(audio))
+        if self.static_batch and self.static_batch > 1:
+            x = np.concatenate([x, np.zeros((self.static_batch - 1, x.shape[1]), np.float32)])
+        return self._timed(self.whole, {self.input_name: x})[0]
+
+
+def run_recipe(artifact: Path, recipe: Path | None):
+    """The recipe behind a stream: --recipe if given, else RUN/recipe.json beside RUN/artifacts/, else None."""
+    from edgeser.recipe import load_recipe, validate
+
+    if recipe is not None:
+        return load_recipe(recipe)
+    saved = Path(artifact).resolve().parent.parent / "recipe.json"
+    if saved.is_file():
+        try:
+            return validate(json.loads(saved.read_text()))
+        except ValueError:  # an older or foreign recipe.json: fall back to the artifact's own defaults
+            return None
+    return None

@@ -1,0 +1,184 @@
+"""Sliding-window emotion recognition over a PCM stream, with a front-end feature cache.
+
+capture -> (pre-emphasis, framing, windowing, DFT, mel: the artifact's front-end) -> inference -> smoothing.
+
+Window w covers samples [w * hop, w * hop + window). With the cache, each log-mel frame (50 ms, every 25 ms) is
+computed once, when its samples arrive, and every window that overlaps it reuses it; only the per-window
+normalisation and the CNN body run per window. Without it, every window recomputes its frames from audio.
+Frames are a valid convolution (no padding), so a window's cached frames are exactly the frames of its audio.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeser.streaming.artifact import StreamError, StreamModel
+
+
+@dataclass
+class StreamSettings:
+    window_s: float
+    hop_s: float
+    smoothing: str = "ema"  # ema | median | none
+    ema_alpha: float = 0.5  # weight of the newest window
+    median_windows: int = 5
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+class Smoother:
+    """EMA or running median of class probabilities over windows."""
+
+    def __init__(self, kind: str, alpha: float, k: int):
+        if kind not in ("ema", "median", "none"):
+            raise StreamError(f"smoothing: {kind!r} is not one of ema, median, none")
+        self.kind, self.alpha, self.state, self.recent = kind, alpha, None, deque(maxlen=max(1, k))
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        if self.kind == "ema":
+            self.state = p if self.state is None else self.alpha * p + (1 - self.alpha) * self.state
+            return self.state
+        if self.kind == "median":
+            self.recent.append(p)
+            m = np.median(np.stack(self.recent), axis=0)
+            return m / m.sum()
+        return p
+
+
+class Streamer:
+    def __init__(self, model: StreamModel, settings: StreamSettings, cache: bool = True):
+        if cache and not model.cacheable:
+            raise StreamError(f"{model.path}: a plain ONNX cannot share frames between windows; use the "
+                              f"onnx-int8-stream artifact (a folder) or --no-cache")
+        sr = model.sr
+        self.model, self.cache, self.sr = model, cache, sr
+        self.window = int(round(settings.window_s * sr))
+        self.step = int(round(settings.hop_s * sr))
+        if settings.hop_s <= 0 or settings.window_s <= 0:
+            raise StreamError(f"window ({settings.window_s}) and hop ({settings.hop_s}) must be > 0 seconds")
+        if self.window < model.frame:
+            raise StreamError(f"window: {settings.window_s} s is shorter than one {model.frame}-sample frame")
+        if not model.cacheable and self.window != model.clip_samples:
+            raise StreamError(f"window: {model.path} takes {model.clip_samples / sr:g} s clips, not "
+                              f"{settings.window_s:g} s (the stream artifact takes any window)")
+        if cache and self.step % model.hop:
+            raise StreamError(f"hop: {settings.hop_s} s is not a multiple of the {1000 * model.hop / sr:g} ms "
+                              f"frame hop, so windows could not share frames")
+        self.win_frames = model.n_frames(self.window)
+        self.step_frames = self.step // model.hop
+        self.smoother = Smoother(settings.smoothing, settings.ema_alpha, settings.median_windows)
+        self.audio = np.zeros(0, np.float32)
+        self.audio_start = 0  # absolute sample index of self.audio[0]
+        self.received = 0
+        self.frames = None  # (n_mels, T) cached frames
+        self.frames_start = 0  # absolute frame index of self.frames[:, 0]
+        self.next_window = 0
+        self.frames_computed = 0
+        self.process_s = 0.0
+        self.logits: list[np.ndarray] = []
+
+    # --- stream in -----------------------------------------------------------------------------------------------
+    def push(self, pcm: np.ndarray) -> list[dict]:
+        """Append samples (float32 in [-1, 1], 16 kHz mono); returns the events of every window now complete."""
+        t = time.perf_counter()
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(pcm)):
+            raise StreamError(f"audio: NaN or Inf samples near {self.received / self.sr:.2f} s")
+        self.audio = np.concatenate([self.audio, pcm])
+        self.received += len(pcm)
+        events = []
+        while self.next_window * self.step + self.window <= self.received:
+            events.append(self._emit(self._window_logits(self.next_window)))
+            self.next_window += 1
+        self._trim()
+        self.process_s += time.perf_counter() - t
+        return events
+
+    def flush(self) -> list[dict]:
+        """End of stream: a stream shorter than one window gets one zero-padded window (marked partial)."""
+        if self.next_window or not self.received:
+            return []
+        pad = self.next_window * self.step + self.window - self.received
+        events = self.push(np.zeros(pad, np.float32))
+        for e in events:
+            e["partial"] = True
+        self.received -= pad
+        return events
+
+    # --- windows ----------------------------------------------------------------------------------------------------
+    def _window_logits(self, w: int) -> np.ndarray:
+        start = w * self.step
+        if not self.cache:
+            a = start - self.audio_start
+            return self.model.window(self.audio[a : a + self.window])
+        first = w * self.step_frames
+        self._compute_frames(first + self.win_frames)
+        f = first - self.frames_start
+        return self.model.body(self.frames[:, f : f + self.win_frames])
+
+    def _compute_frames(self, upto: int) -> None:
+        """Compute every frame whose samples have arrived, at least up to frame index `upto` (exclusive)."""
+        have = self.frames_start + (0 if self.frames is None else self.frames.shape[1])
+        n = self.model.n_frames(self.received - have * self.model.hop)
+        if have >= upto or n <= 0:
+            return
+        a = have * self.model.hop - self.audio_start
+        new = self.model.frames(self.audio[a : a + (n - 1) * self.model.hop + self.model.frame])
+        self.frames = new if self.frames is None else np.concatenate([self.frames, new], axis=1)
+        self.frames_computed += new.shape[1]
+
+    def _trim(self) -> None:
+        """Drop audio and frames that no future window needs."""
+        start = self.next_window * self.step
+        if self.cache:
+            have = self.frames_start + (0 if self.frames is None else self.frames.shape[1])
+            start = min(start, have * self.model.hop)  # samples of frames not computed yet
+            keep_from = self.next_window * self.step_frames
+            if self.frames is not None and keep_from > self.frames_start:
+                self.frames = self.frames[:, keep_from - self.frames_start :]
+                self.frames_start = keep_from
+        if start > self.audio_start:
+            self.audio = self.audio[start - self.audio_start :]
+            self.audio_start = start
+
+    def _emit(self, logits: np.ndarray) -> dict:
+        self.logits.append(logits)
+        p = softmax(logits.astype(np.float64))
+        s = self.smoother(p)
+        w = len(self.logits) - 1
+        classes = self.model.classes
+        start = w * self.step / self.sr
+        return {"t": round(start + self.window / self.sr, 3), "start": round(start, 3),
+                "label": classes[int(np.argmax(s))], "raw_label": classes[int(np.argmax(p))],
+                "probs": {c: round(float(v), 4) for c, v in zip(classes, s)}}
+
+    # --- figures ----------------------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        n = len(self.logits)
+        audio_s = self.received / self.sr
+        uncached_frames = n * self.model.n_frames(self.window)
+        computed = self.frames_computed if self.cache else uncached_frames
+        return {"windows": n, "audio_s": audio_s, "process_s": self.process_s, "model_s": self.model.compute_s,
+                "rtf": self.process_s / audio_s if audio_s else None, "cache": self.cache,
+                "frames_computed": computed, "frames_uncached": uncached_frames,
+                "frontend_saving": 1 - computed / uncached_frames if uncached_frames else 0.0}
+
+
+def stream_array(model: StreamModel, audio: np.ndarray, settings: StreamSettings, cache: bool = True,
+                 chunk: int = 1600, on_event=None) -> Streamer:
+    """Feed a whole signal in `chunk`-sample pieces, as a live source would (100 ms at 16 kHz by default)."""
+    s = Streamer(model, settings, cache)
+    for i in range(0, len(audio), chunk):
+        for e in s.push(audio[i : i + chunk]):
+            if on_event:
+                on_event(e)
+    for e in s.flush():
+        if on_event:
+            on_event(e)
+    return s
