@@ -1,0 +1,163 @@
+"""edgeser stream: cached and uncached paths agree, window geometry, smoothing, inputs, and bad input -> exit 2."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from edgeser.cli import app
+from edgeser.runtimes import onnx_runner, stream_runner
+from edgeser.streaming.artifact import StreamError, StreamModel
+from edgeser.streaming.sources import pcm_chunks
+from edgeser.streaming.streamer import Smoother, StreamSettings, Streamer, stream_array
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def arts(tiny_run):
+    run_dir, _ = tiny_run
+    return run_dir / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def signal(tiny_run):
+    """8 s of the tiny corpus's test clips end to end (1 s clips), so the labels change along the stream."""
+    run_dir, _ = tiny_run
+    from edgeser.data.dataset import load_corpus
+    from edgeser.recipe import validate
+
+    recipe = validate(json.loads((run_dir / "recipe.json").read_text()))
+    manifest = json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"]
+    corpus = load_corpus(manifest, recipe.data)
+    return corpus.splits["test"].x[:8].numpy().reshape(-1)
+
+
+def test_cached_equals_uncached(arts, signal):
+    model = StreamModel(arts / "student_int8_stream")
+    settings = StreamSettings(window_s=1.0, hop_s=0.25, smoothing="none")  # 75 % overlap
+    cached = stream_array(model, signal, settings, cache=True, chunk=700)  # chunks not aligned to frames
+    uncached = stream_array(model, signal, settings, cache=False, chunk=1600)
+    a, b = np.stack(cached.logits), np.stack(uncached.logits)
+    assert a.shape == b.shape and len(a) == (len(signal) - 16000) // 4000 + 1
+    assert np.abs(a - b).max() < 1e-4
+    assert (a.argmax(1) == b.argmax(1)).all()
+    s, u = cached.stats(), uncached.stats()
+    assert s["frames_computed"] < 0.35 * u["frames_computed"]  # each frame once instead of ~4 times
+    assert u["frames_computed"] == len(a) * model.n_frames(16000)
+    assert 0 < s["rtf"] < 1
+
+
+def test_stream_artifact_is_the_int8_model(arts, signal):
+    clips = signal[: 4 * 16000].reshape(4, 16000)
+    whole = onnx_runner(arts / "student_int8.onnx")(clips)
+    split = stream_runner(arts / "student_int8_stream")(clips)
+    assert np.abs(whole - split).max() < 0.05 and (whole.argmax(1) == split.argmax(1)).all()
+
+
+def test_plain_onnx_streams_uncached_only(arts, signal):
+    model = StreamModel(arts / "student_int8.onnx")
+    with pytest.raises(StreamError, match="--no-cache"):
+        Streamer(model, StreamSettings(1.0, 0.5), cache=True)
+    with pytest.raises(StreamError, match="window"):
+        Streamer(model, StreamSettings(2.0, 0.5), cache=False)
+    s = stream_array(model, signal[:48000], StreamSettings(1.0, 0.5), cache=False)
+    assert len(s.logits) == 5
+
+
+def test_events_timeline_and_partial_window(arts):
+    model = StreamModel(arts / "student_int8_stream")
+    rng = np.random.default_rng(0)
+    events = []
+    s = stream_array(model, (0.1 * rng.standard_normal(40000)).astype(np.float32), StreamSettings(1.0, 0.5),
+                     on_event=events.append)
+    assert [e["start"] for e in events] == [0.0, 0.5, 1.0, 1.5]
+    assert [e["t"] for e in events] == [1.0, 1.5, 2.0, 2.5]
+    for e in events:
+        assert set(e["probs"]) == set(model.classes) and abs(sum(e["probs"].values()) - 1) < 1e-3
+        assert e["label"] == max(e["probs"], key=e["probs"].get)
+    short = []
+    stream_array(model, np.zeros(5000, np.float32) + 0.01, StreamSettings(1.0, 0.5), on_event=short.append)
+    assert len(short) == 1 and short[0]["partial"] and np.isfinite(list(short[0]["probs"].values())).all()
+    assert s.stats()["windows"] == 4
+
+
+def test_silence_gives_finite_probabilities(arts):
+    model = StreamModel(arts / "student_int8_stream")
+    s = stream_array(model, np.zeros(32000, np.float32), StreamSettings(1.0, 0.5))
+    assert np.isfinite(np.stack(s.logits)).all()
+
+
+def test_bad_settings_and_audio(arts):
+    model = StreamModel(arts / "student_int8_stream")
+    with pytest.raises(StreamError, match="hop"):
+        Streamer(model, StreamSettings(1.0, 0.51))
+    with pytest.raises(StreamError, match="window"):
+        Streamer(model, StreamSettings(0.02, 0.5))
+    with pytest.raises(StreamError, match="smoothing"):
+        Streamer(model, StreamSettings(1.0, 0.5, smoothing="mode"))
+    with pytest.raises(StreamError, match="NaN"):
+        Streamer(model, StreamSettings(1.0, 0.5)).push(np.array([0.0, np.nan], np.float32))
+    with pytest.raises(StreamError, match="no such artifact"):
+        StreamModel(arts / "nope")
+    with pytest.raises(StreamError, match="not a streamable"):
+        StreamModel(arts / "student_int8.pt2")
+
+
+def test_smoothers():
+    ema = Smoother("ema", 0.5, 1)
+    ema(np.array([1.0, 0.0]))
+    assert np.allclose(ema(np.array([0.0, 1.0])), [0.5, 0.5])
+    med = Smoother("median", 0.5, 3)
+    for p in ([1.0, 0.0], [1.0, 0.0], [0.0, 1.0]):
+        out = med(np.array(p))
+    assert np.allclose(out, [1.0, 0.0])  # one outlier window does not flip the label
+
+
+def test_pcm_chunks_keeps_split_samples():
+    x = (np.arange(-500, 500) * 30).astype("<i2")
+    raw = x.tobytes()
+
+    class Dribble(io.RawIOBase):  # delivers odd byte counts, like a pipe
+        def __init__(self):
+            self.pos = 0
+
+        def read(self, n):
+            out = raw[self.pos : self.pos + min(n, 333)]
+            self.pos += len(out)
+            return out
+
+    got = np.concatenate(list(pcm_chunks(Dribble(), 160, "s16le")))
+    assert np.allclose(got, x / 32768.0)
+    with pytest.raises(StreamError, match="--format"):
+        list(pcm_chunks(io.BytesIO(raw), 160, "mp3"))
+
+
+def test_cli_wav_and_stdin(arts, signal, tmp_path):
+    wav = tmp_path / "s.wav"
+    sf.write(wav, signal[:48000], 16000)
+    r = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), "--wav", str(wav)])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 5 and lines[0]["t"] == 1.0  # the run's recipe: 1 s window, 0.5 s hop
+    pcm = (np.clip(signal[:48000], -1, 1) * 32767).astype("<i2").tobytes()
+    r2 = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), "--stdin"], input=pcm)
+    assert r2.exit_code == 0, r2.output
+    lines2 = [json.loads(x) for x in r2.stdout.splitlines() if x.startswith("{")]
+    assert [e["raw_label"] for e in lines2] == [e["raw_label"] for e in lines]
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "exactly one input"),
+    (["--wav", "missing.wav"], "missing.wav"),
+    (["--wav", "x.wav", "--stdin"], "exactly one input"),
+    (["--stdin", "--hop", "0.31"], "hop"),
+    (["--stdin", "--format", "mp3"], "--format"),
+])
+def test_cli_bad_input_exits_2(arts, args, needle):
+    r = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), *args], input=b"")
+    assert r.exit_code == 2 and needle in r.output, r.output
