@@ -96,6 +96,32 @@ def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compres
 
 
 @app.command()
+def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, or a folder such as RUN/artifacts"),
+          threads: int = typer.Option(1, "--threads", min=1, help="intra-op threads"),
+          batch: int = typer.Option(1, "--batch", min=1, help="clips per call"),
+          samples: Optional[int] = typer.Option(None, "--samples", min=1, help="clip length (default: the model's or the run's)"),
+          runs: int = typer.Option(50, "--runs", min=1, help="at least this many timed calls"),
+          seconds: float = typer.Option(1.0, "--seconds", min=0.0, help="and at least this long")):
+    """p50/p95/p99 latency, throughput and peak memory of every artifact that runs here, each in its own
+    process; a table, then one JSON object as the last line. Exit 1 when an artifact fails to run."""
+    from edgeser.benchmark import SUFFIX_FORMATS, BenchError, bench_main
+
+    paths = []
+    for p in artifacts:
+        if p.is_dir() and p.suffix.lower() not in SUFFIX_FORMATS:  # a folder of artifacts: take what runs
+            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIX_FORMATS)
+        else:
+            paths.append(p)
+    if not paths:
+        _bad_input(f"no artifacts in {', '.join(map(str, artifacts))} (expected {', '.join(sorted(SUFFIX_FORMATS))})")
+    try:
+        code = bench_main(paths, threads, batch, samples, console, runs=runs, min_seconds=seconds)
+    except BenchError as e:
+        _bad_input(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
 def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8_stream (cached) or an .onnx"),
            wav: Optional[Path] = typer.Option(None, "--wav", help="audio file (any rate; resampled to 16 kHz)"),
            stdin: bool = typer.Option(False, "--stdin", help="raw mono 16 kHz PCM on stdin"),

@@ -35,19 +35,23 @@ def torch_runner(module) -> Runner:
     return Runner(fn, set_threads=torch.set_num_threads)
 
 
-def onnx_session(path: Path, threads: int = 1, optimize: bool = True):
+def onnx_session(path: Path, threads: int = 1, optimize: bool = True, spinning: bool = True):
+    """spinning=False: idle onnxruntime threads sleep instead of spinning, which a server needs when Python
+    threads share the cores (measured: dynamic batching at concurrency 32, 1 thread, 4312 -> 5873 req/s)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def onnx_runner(path: Path, threads: int = 1, optimize: bool = True) -> Runner:
-    sess = onnx_session(path, threads, optimize)
+def onnx_runner(path: Path, threads: int = 1, optimize: bool = True, spinning: bool = True) -> Runner:
+    sess = onnx_session(path, threads, optimize, spinning)
     inp = sess.get_inputs()[0]
     static = inp.shape[0] if isinstance(inp.shape[0], int) else None
     return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)

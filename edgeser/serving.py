@@ -188,7 +188,8 @@ def onnx_batch_fn(path: str | Path, threads: int = 1) -> RunBatch:
     padded chunks of that size."""
     from edgeser.runtimes import onnx_runner
 
-    runner = onnx_runner(Path(path), threads=threads)
+    # idle onnxruntime threads sleep: spinning ones take the cores from the Python threads that feed them
+    runner = onnx_runner(Path(path), threads=threads, spinning=False)
 
     def run_batch(x: np.ndarray) -> np.ndarray:
         return runner(np.ascontiguousarray(x, dtype=np.float32), batch_size=len(x))

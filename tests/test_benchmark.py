@@ -257,3 +257,27 @@ def test_bench_main_prints_table_then_one_json_line(run_dir, capsys):
     code = bench_main([art / "broken.onnx"], console=Console(width=200), **FAST)
     last = json.loads(capsys.readouterr().out.rstrip("\n").splitlines()[-1])
     assert code == 1 and last["artifacts"]["broken.onnx"]["status"] == "failed"
+
+
+def test_cli_bench_folder_and_bad_input(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeser.cli import app
+
+    run_dir, _ = tiny_run
+    runner = CliRunner()
+    onnx_only = tmp_path / "arts"
+    onnx_only.mkdir()
+    (onnx_only / "student_int8.onnx").write_bytes((run_dir / "artifacts/student_int8.onnx").read_bytes())
+    (onnx_only / "build_engine.sh").write_text("trtexec ...\n")  # not an artifact: left out, not an error
+    r = runner.invoke(app, ["bench", str(onnx_only), "--runs", "5", "--seconds", "0", "--samples", "16000"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert list(summary["artifacts"]) == ["student_int8.onnx"]
+    assert summary["artifacts"]["student_int8.onnx"]["p50_ms"] > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["bench", str(empty)])
+    assert r.exit_code == 2 and "no artifacts" in r.output
+    r = runner.invoke(app, ["bench", str(tmp_path / "nope.onnx")])
+    assert r.exit_code == 2 and "nope.onnx" in r.output
