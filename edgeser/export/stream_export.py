@@ -2,6 +2,8 @@
 
     STREAM_DIR/frontend.onnx  audio (B, samples)         -> frames (B, n_mels, T)  un-normalised log-mel power
     STREAM_DIR/body.onnx      frames (B, n_mels, T)      -> logits (B, classes)    per-window normalisation + CNN
+    STREAM_DIR/step.onnx      (audio of the new frames, the window's cached frames) -> (logits, window frames):
+                              front-end and body in ONE call per window, the usual streaming step
     STREAM_DIR/stream.json    sample rate, frame and hop lengths, classes, default window and hop
 
 Each frame depends only on its own samples, so a stream computes every frame once and overlapping windows share
@@ -20,7 +22,7 @@ from edgeser.export.onnx_export import example_batch
 from edgeser.fileio import atomic_path
 from edgeser.quiet import quiet
 
-FRONTEND, BODY, CONFIG = "frontend.onnx", "body.onnx", "stream.json"
+FRONTEND, BODY, STEP, CONFIG = "frontend.onnx", "body.onnx", "step.onnx", "stream.json"
 FRAMES = "frames"
 
 
@@ -40,6 +42,19 @@ class StreamBody(nn.Module):
 
     def forward(self, frames):
         return self.q.classify(self.q.frontend.fe.normalise(frames))
+
+
+class StreamStep(nn.Module):
+    """One window: frames of the new audio appended to the cached ones, then the body. Saves a second
+    onnxruntime call per window (measured in-stream: 0.051 + 0.036 ms as two calls)."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.frontend, self.body = StreamFrontend(q), StreamBody(q)
+
+    def forward(self, audio, cached):
+        frames = torch.cat([cached, self.frontend(audio)], dim=2)
+        return self.body(frames), frames
 
 
 def stream_config(q, classes: list[str], clip_samples: int, sr: int = 16000) -> dict:
@@ -67,5 +82,10 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
         torch.onnx.export(StreamBody(qexport), (frames,), str(tmp / BODY), dynamo=True, external_data=False,
                           opset_version=opset, input_names=[FRAMES], output_names=["logits"],
                           dynamic_shapes=({0: batch, 2: n_frames},))
+        n_cached = torch.export.Dim("cached", min=1, max=200_000)
+        torch.onnx.export(StreamStep(qexport), (x, frames[:, :, :-4]), str(tmp / STEP), dynamo=True,
+                          external_data=False, opset_version=opset, input_names=["audio", "cached"],
+                          output_names=["logits", FRAMES],
+                          dynamic_shapes=({0: batch, 1: n_samples}, {0: batch, 2: n_cached}))
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return cfg

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeser.export.stream_export import BODY, CONFIG, FRONTEND
+from edgeser.export.stream_export import BODY, CONFIG, FRONTEND, STEP
 from edgeser.runtimes import onnx_session
 
 
@@ -60,11 +60,12 @@ class StreamModel:
         self.sr, self.frame, self.hop = cfg["sample_rate"], cfg["frame_samples"], cfg["hop_samples"]
         self.classes, self.clip_samples = cfg["classes"], cfg["clip_samples"]
         self.frontend_sess, self.body_sess = onnx_session(path / FRONTEND, threads), onnx_session(path / BODY, threads)
+        self.step_sess = onnx_session(path / STEP, threads) if (path / STEP).is_file() else None
         self.whole = None
         self.cacheable = True
 
     def _load_onnx(self, path, threads):
-        self.whole = onnx_session(path, threads)
+        self.whole, self.step_sess = onnx_session(path, threads), None
         inp, out = self.whole.get_inputs()[0], self.whole.get_outputs()[0]
         if not (len(inp.shape) == 2 and isinstance(inp.shape[1], int)):
             raise StreamError(f"{path}: expected an audio input (batch, samples), got {inp.shape}")
@@ -90,6 +91,14 @@ class StreamModel:
     def body(self, frames: np.ndarray) -> np.ndarray:
         """(n_mels, T) frames of one window -> logits (classes,)."""
         return self._timed(self.body_sess, {"frames": np.ascontiguousarray(frames[None])})[0]
+
+    def step(self, audio: np.ndarray, cached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of `audio` appended to `cached` (n_mels, T), then the body, in one call -> (logits, frames)."""
+        t = time.perf_counter()
+        logits, frames = self.step_sess.run(None, {"audio": audio[None].astype(np.float32, copy=False),
+                                                   "cached": np.ascontiguousarray(cached[None])})
+        self.compute_s += time.perf_counter() - t
+        return logits[0], frames[0]
 
     def window(self, audio: np.ndarray) -> np.ndarray:
         """Uncached: one window's audio through the whole model -> logits (classes,)."""

@@ -80,6 +80,7 @@ class Streamer:
         self.frames_start = 0  # absolute frame index of self.frames[:, 0]
         self.next_window = 0
         self.frames_computed = 0
+        self.step_calls = 0  # windows served by the one-call step graph
         self.process_s = 0.0  # all of push(): bookkeeping, model calls, smoothing
         self.model_s = 0.0  # inside onnxruntime only
         self.logits: list[np.ndarray] = []
@@ -119,8 +120,17 @@ class Streamer:
         if not self.cache:
             a = start - self.audio_start
             return self.model.window(self.audio[a : a + self.window])
-        first = w * self.step_frames
-        self._compute_frames(first + self.win_frames)
+        first, end = w * self.step_frames, w * self.step_frames + self.win_frames
+        have = self.frames_start + (0 if self.frames is None else self.frames.shape[1])
+        if self.model.step_sess is not None and first < have < end:  # the usual case: one call per window
+            a = have * self.model.hop - self.audio_start
+            audio = self.audio[a : a + (end - have - 1) * self.model.hop + self.model.frame]
+            logits, frames = self.model.step(audio, self.frames[:, first - self.frames_start : have - self.frames_start])
+            self.frames, self.frames_start = frames, first
+            self.frames_computed += end - have
+            self.step_calls += 1
+            return logits
+        self._compute_frames(end)
         f = first - self.frames_start
         return self.model.body(self.frames[:, f : f + self.win_frames])
 
@@ -167,7 +177,7 @@ class Streamer:
         uncached_frames = n * self.model.n_frames(self.window)
         computed = self.frames_computed if self.cache else uncached_frames
         return {"windows": n, "audio_s": audio_s, "process_s": self.process_s, "model_s": self.model_s,
-                "rtf": self.process_s / audio_s if audio_s else None, "cache": self.cache,
+                "rtf": self.process_s / audio_s if audio_s else None, "cache": self.cache, "step_calls": self.step_calls,
                 "frames_computed": computed, "frames_uncached": uncached_frames,
                 "frontend_saving": 1 - computed / uncached_frames if uncached_frames else 0.0}
 
