@@ -43,8 +43,8 @@ def write_json(dest: Path, obj) -> None:
 def save_state(dest: Path, state: dict) -> None:
     import torch
 
-    with atomic_path(dest) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # a file object: the zip's folder is "archive", not the temp file's random name
 
 
 def load_state(path: Path) -> dict:

@@ -90,12 +90,38 @@ def _fp32_frontend_selector():
     return select
 
 
+def _reproducible(package: Path) -> None:
+    """Same model, same bytes: coremltools names the package's items with random UUIDs (Manifest.json) and
+    writes protobuf maps (metadata, op attributes) in hash order. Replace the UUIDs with ones derived from each
+    item's path and re-serialise the spec deterministically (maps sorted). The conversion date is dropped
+    before saving."""
+    import json
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    for spec_file in package.glob("Data/com.apple.CoreML/*.mlmodel"):
+        spec = Model_pb2.Model()
+        spec.ParseFromString(spec_file.read_bytes())
+        spec_file.write_bytes(spec.SerializeToString(deterministic=True))
+
+    manifest = package / "Manifest.json"
+    m = json.loads(manifest.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "edgeser:" + entry["path"]))
+           for old, entry in m["itemInfoEntries"].items()}
+    m["itemInfoEntries"] = {ids[k]: v for k, v in sorted(m["itemInfoEntries"].items(), key=lambda kv: ids[kv[0]])}
+    m["rootModelIdentifier"] = ids.get(m.get("rootModelIdentifier"), m.get("rootModelIdentifier"))
+    manifest.write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+
+
 def _atomic_save_dir(mlmodel, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         tmp = tmp_root / path.name
+        mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
         mlmodel.save(str(tmp))
+        _reproducible(tmp)
         old = path.with_name(f".{path.name}.old") if path.exists() else None
         if old is not None:  # os.replace cannot overwrite a non-empty directory
             shutil.rmtree(old, ignore_errors=True)
