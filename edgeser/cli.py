@@ -18,20 +18,31 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _bad_input(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # msg quotes user input: "[/x]" is not markup
     raise typer.Exit(2)
 
 
-def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str):
+def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str, resume: bool = False):
     """Validate the recipe (exit 2 on bad input, nothing written) and run the pipeline up to `until`."""
     from edgeser.pipeline import compress as run_pipeline
 
     try:
         r = load_recipe(recipe, sets or [])
         run_dir = out or Path("runs") / r.name
-        return run_dir, run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until=until)
+        return run_dir, run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until=until,
+                                     resume=resume)
     except RecipeError as e:
         _bad_input(str(e))
+
+
+def _other_ranks_exit() -> None:
+    """Under torchrun, ranks other than 0 print nothing and exit 0 once their share of the training is done."""
+    from edgeser import distributed
+
+    if not distributed.is_main():
+        raise typer.Exit(0)
 
 
 # options shared by the commands that run the pipeline
@@ -39,15 +50,18 @@ RECIPE = typer.Option(..., "--recipe", "-r", help="YAML recipe")
 SET = typer.Option(None, "--set", help="override any recipe field, e.g. --set distill.epochs=3")
 OUT = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="no progress bars")
+RESUME = typer.Option(False, "--resume", help="skip stages finished with the same inputs; continue training from "
+                                              "the last epoch checkpoint")
 
 
 @app.command()
 def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
-             no_progress: bool = NO_PROGRESS):
+             no_progress: bool = NO_PROGRESS, resume: bool = RESUME):
     """Run the whole pipeline from one recipe and verify every artifact."""
     from edgeser.report import print_report
 
-    run_dir, report = _run(recipe, set_, out, no_progress, "report")
+    run_dir, report = _run(recipe, set_, out, no_progress, "report", resume)
+    _other_ranks_exit()
     print_report(console, report)
     console.print(f"report: {run_dir / 'report.md'}")
     raise typer.Exit(0 if report["passed"] else 1)
@@ -55,9 +69,10 @@ def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
 
 @app.command()
 def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
-             no_progress: bool = NO_PROGRESS):
+             no_progress: bool = NO_PROGRESS, resume: bool = RESUME):
     """Transfer SoundNet-8 to speech emotion (the teacher stage of `compress`, on its own)."""
-    run_dir, m = _run(recipe, set_, out, no_progress, "teacher")
+    run_dir, m = _run(recipe, set_, out, no_progress, "teacher", resume)
+    _other_ranks_exit()
     t = m["test"]
     console.print(f"teacher ({m['train'].get('strategy', 'loaded')}): test UA {100 * t['ua']:.1f}%  "
                   f"WA {100 * t['wa']:.1f}%  macro-F1 {100 * t['macro_f1']:.1f}%")
@@ -210,6 +225,9 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
         _bad_input(str(e))
     console.print(summary_table(summary))
     console.print(f"wrote {summary['out']}")
+    if summary.get("root_file"):
+        console.print(f"wrote {summary['root_file']} (the corpus root {summary['src']}: its rows may point there)",
+                      markup=False)
 
 
 def main() -> None:
@@ -217,3 +235,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m edgeser.cli (and torchrun -m edgeser.cli)
+    main()

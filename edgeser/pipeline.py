@@ -4,55 +4,100 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from edgeser import distributed as dist
 from edgeser import report as report_stage
 from edgeser.data.manifest import read_manifest
 from edgeser.fileio import write_json
 from edgeser.recipe import Recipe
 from edgeser.stages import data, distill, export, prune, qat, teacher, verify
-from edgeser.stages.common import Context
+from edgeser.resume import StageCache, corpus_digest, seed_everything, stage_key, stage_outputs
+from edgeser.stages.common import Context, read_metrics
 from edgeser.targets import load_target
 
 STAGES = [("data", data.run), ("teacher", teacher.run), ("distill", distill.run), ("prune", prune.run),
           ("qat", qat.run), ("export", export.run), ("verify", verify.run), ("report", report_stage.run)]
 
 
+ALWAYS_RUN = ("data", "report")  # data loads the corpus into memory; report is cheap and reads the rest
+
+
 def preflight(recipe: Recipe) -> None:
-    """Checks that need files but write nothing: a bad manifest fails here, before the run folder exists."""
+    """Checks that need files but write nothing: a bad manifest (or one whose rows leave the corpus root) and a
+    teacher checkpoint that is not a weights-only edgeser model file fail here, before the run folder exists."""
+    from edgeser.recipe import RecipeError
+    from edgeser.stages.common import read_model_file
+
     if recipe.data.manifest is not None:
-        read_manifest(recipe.data.manifest)
+        read_manifest(recipe.data.manifest, allow_outside_root=recipe.data.allow_outside_root)
+    if recipe.teacher.checkpoint is not None:
+        try:
+            read_model_file(recipe.teacher.checkpoint)  # torch.load(weights_only=True): a pickled object is refused
+        except Exception as e:  # UnpicklingError, a corrupt zip, not an edgeser model file
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+            why = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])  # the refused class
+            raise RecipeError(f"teacher.checkpoint: cannot load {recipe.teacher.checkpoint}: "
+                              f"{type(e).__name__}: {why}") from None
 
 
 def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show_progress: bool = True,
-             until: str = "report") -> dict:
-    """Run the stages in order up to and including `until` (`teacher` for `edgeser finetune`)."""
-    console = console or Console()
+             until: str = "report", resume: bool = False) -> dict:
+    """Run the stages in order up to and including `until` (`teacher` for `edgeser finetune`).
+
+    resume: skip every stage whose content key and outputs match its done marker, and continue training
+    loops from their epoch checkpoints (edgeser/resume.py). Without it every stage runs from scratch."""
+    dist.init()  # under torchrun: join the process group; only rank 0 writes and shows progress (distributed.py)
+    console = (console or Console()) if dist.is_main() else Console(quiet=True)
     target = load_target(recipe.target)
     preflight(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("manifest.json", "report.json"):  # a run that dies must not look finished to `verify`
-        (run_dir / stale).unlink(missing_ok=True)
-    write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
-    torch.manual_seed(recipe.seed)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("manifest.json", "report.json"):  # a run that dies must not look finished to `verify`
+            (run_dir / stale).unlink(missing_ok=True)
+    recipe_json = recipe.model_dump(mode="json")
+    if dist.is_main():
+        write_json(run_dir / "recipe.json", recipe_json)
+    cache, upstream = dist.main_only_cache(StageCache(run_dir)), None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, disable=not show_progress, transient=False)
+                        TimeElapsedColumn(), console=console, disable=not show_progress or not dist.is_main(), transient=False)
     ctx = Context(recipe=recipe, target=target, run_dir=run_dir, progress=progress, console=console)
     timings = ctx.results["stage_seconds"] = {}
     with progress:
         stages = STAGES[: [n for n, _ in STAGES].index(until) + 1]
         overall = progress.add_task("pipeline", total=len(stages))
-        for name, fn in stages:
+        for i, (name, fn) in enumerate(stages):
+            if dist.skip_stage(name):  # export, verify, report: rank 0 only; the others are done
+                break
             progress.update(overall, description=f"stage: {name}")
             t = time.perf_counter()
-            result = fn(ctx)
+            key = stage_key(recipe_json, name, upstream)
+            done = cache.lookup(name, key) if resume and name not in ALWAYS_RUN else None
+            if done is not None:
+                result = ctx.results[name] = read_metrics(run_dir, name)
+                console.log(f"{name}: finished before with the same inputs (key {key[:12]}), skipped")
+            else:
+                cache.clear(name)
+                if not resume:
+                    for old in ctx.stage_dir(name).glob("ckpt-*.pt") if dist.is_main() else ():
+                        old.unlink()
+                seed_everything(recipe.seed + 1000 * i)
+                ctx.stage, ctx.stage_key = name, key
+                result = fn(ctx)
+                ctx.stage = ctx.stage_key = None
+                if name == "data":  # the loaded corpus itself, so a changed file changes every key after it
+                    key = stage_key(recipe_json, name, {"key": corpus_digest(ctx.corpus), "outputs": {}})
+                done = cache.mark(name, key, stage_outputs(run_dir, name, result))
+                for ckpt in ctx.stage_dir(name).glob("ckpt-*.pt") if dist.is_main() else ():
+                    ckpt.unlink()
+            upstream = done
             timings[name] = round(time.perf_counter() - t, 2)
             progress.advance(overall)
             ua = result.get("test", {}).get("ua") if isinstance(result, dict) else None
             console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * ua:.1f}%" if ua is not None else ""))
-    if until == "report":
+            dist.stage_done(name)  # a barrier after every stage all ranks run
+    if until == "report" and dist.is_main():
         from edgeser.run_manifest import write_manifest
 
         write_manifest(run_dir, recipe.model_dump(mode="json"), result["artifacts"])

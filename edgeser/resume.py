@@ -57,7 +57,10 @@ def corpus_digest(corpus) -> str:
 
 def stage_outputs(run_dir: Path, stage: str, result) -> list[Path]:
     """Files that make the stage done: its folder (checkpoints and the marker excluded), and for export the
-    artifacts it recorded."""
+    artifacts it recorded. The data stage's output is the loaded corpus, keyed by its digest instead (its
+    metrics.json names the run folder, which would make a moved run look changed)."""
+    if stage == "data":
+        return []
     folder = run_dir / "stages" / stage
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != DONE
              and not p.name.startswith(("ckpt-", "."))] if folder.is_dir() else []

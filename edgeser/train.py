@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from edgeser import distributed as dist
 from edgeser.metrics import classification_metrics
 from edgeser.recipe import Train
 
@@ -82,11 +83,12 @@ def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> lis
 
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
         params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
-        extra=None) -> dict:
+        extra=None, checkpoint=None) -> dict:
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
-    not augmented.
+    not augmented. `checkpoint` (resume.EpochCheckpoint): saved after every epoch with the optimiser,
+    scheduler and every random generator; a valid one is continued from, with identical results.
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
@@ -99,32 +101,60 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
     n, n_extra = len(train.y), 0 if extra is None else len(extra.y)
-    steps = len(_batches(n, n_extra, cfg.batch_size, torch.Generator()))
+    # under torchrun each rank trains on its shard of every global batch of world x batch_size rows (distributed.py)
+    world, progress, checkpoint = dist.world_size(), progress if dist.is_main() else None, dist.main_writes(checkpoint)
+    step_loss = dist.wrap(model, loss_fn, params, seed)  # loss_fn(model, ...), under DDP when distributed
+    steps = len(_batches(n, n_extra, cfg.batch_size * world, torch.Generator()))
     task = progress.add_task(desc, total=cfg.epochs * steps) if progress else None
-    for epoch in range(1, cfg.epochs + 1):
+    start = 1
+    if checkpoint is not None:
+        from edgeser.resume import generators_of, rng_state, set_rng_state
+
+        gens = [gen, *generators_of(augment_fn, loss_fn, getattr(model, "mel_augment", None))]
+        saved = checkpoint.load()
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            with torch.no_grad():  # params may include some outside the model (hint regressors)
+                for p, v in zip(params, saved["params"]):
+                    p.copy_(v)
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            set_rng_state(saved["rng"], gens)
+            history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
+            if progress:
+                progress.update(task, advance=saved["epoch"] * steps)
+    for epoch in range(start, cfg.epochs + 1):
         if on_epoch:
             on_epoch(epoch)
         model.train()
         total = 0.0
-        for idx in _batches(n, n_extra, cfg.batch_size, gen):
+        for idx in _batches(n, n_extra, cfg.batch_size * world, gen):
+            idx, rows, weight = dist.shard(idx)  # (idx, len(idx), 1.0) in one process
             if idx[0] < n:
                 x, y = train.x[idx], train.y[idx]
                 if augment_fn is not None:
                     x = augment_fn(x)
             else:
                 x, y = extra.x[idx - n], extra.y[idx - n]
-            loss = loss_fn(model, x, y, idx)
+            loss = step_loss(x, y, idx)
             opt.zero_grad()
-            loss.backward()
+            (loss if weight == 1 else loss * weight).backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * rows
             if progress:
                 progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{cfg.epochs}")
-        val_m = evaluate(model, val, corpus.classes)
+        total = dist.all_reduce_sum(total)
+        dist.sync_module(model)  # rank 0's BatchNorm statistics and quantiser scales on every rank
+        val_m = dist.on_main(lambda: evaluate(model, val, corpus.classes))  # the same val UA on every rank
         sched.step(val_m["ua"])
         history.append({"epoch": epoch, "loss": total / (n + n_extra), "val_ua": val_m["ua"], "lr": opt.param_groups[0]["lr"]})
         if val_m["ua"] > best["ua"]:
             best = {"ua": val_m["ua"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        if checkpoint is not None:
+            checkpoint.save({"epoch": epoch, "model": model.state_dict(), "params": [p.detach() for p in params],
+                             "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": rng_state(gens), "history": history,
+                             "best": best})
     model.load_state_dict(best["state"])
     if progress:
         progress.remove_task(task)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zipfile
 
 import torch
@@ -30,31 +31,60 @@ def export_onnx(model, samples: int, path, *, opset: int = 18, static_batch: int
                           input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=_dynamic(static_batch))
 
 
+_MANGLE = re.compile(rb"___torch_mangle_(\d+)")
+
+
 def reproducible_torchscript(data: bytes) -> bytes:
     """TorchScript's zip holds a random serialization_id and *.debug_pkl records with the Python call stack
-    at trace time (absolute paths and line numbers of edgeser's own code). Drop the debug records (loading does
-    not need them) and derive the id from the content, so the same model gives the same bytes anywhere."""
+    at trace time (absolute paths and line numbers of edgeser's own code), and class names carry a per-process
+    counter (`___torch_mangle_N`). Drop the debug records (loading does not need them), number the mangled
+    classes from 0 in their original order (code is text and data.pkl names classes with text GLOBAL opcodes,
+    so the rename is safe) and derive the id from the content: the same model gives the same bytes anywhere."""
     src = zipfile.ZipFile(io.BytesIO(data))
     keep = [n for n in src.namelist() if not n.endswith(".debug_pkl")]
+    bodies = {n: src.read(n) for n in keep}
+    found = set()
+    for n, b in bodies.items():
+        found.update(int(m) for m in _MANGLE.findall(n.encode() + b))
+    order = {old: new for new, old in enumerate(sorted(found))}
+
+    def renumber(b: bytes) -> bytes:
+        return _MANGLE.sub(lambda m: b"___torch_mangle_%d" % order[int(m.group(1))], b)
+
+    bodies = {renumber(n.encode()).decode(): renumber(b) for n, b in bodies.items()}
     h = hashlib.sha256()
-    for n in keep:
+    for n, b in bodies.items():
         if not n.endswith("serialization_id"):
-            h.update(n.encode() + src.read(n))
+            h.update(n.encode() + b)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        for n in keep:
-            body = str(int(h.hexdigest()[:32], 16)).encode() if n.endswith("serialization_id") else src.read(n)
+        for n, b in bodies.items():
+            body = str(int(h.hexdigest()[:32], 16)).encode() if n.endswith("serialization_id") else b
             z.writestr(zipfile.ZipInfo(n, date_time=(1980, 1, 1, 0, 0, 0)), body)
     return out.getvalue()
 
 
-def export_torchscript(model, samples: int, path) -> None:
+def _trace_to_bytes(model, samples: int) -> bytes:
+    import edgeser.quant.ops  # noqa: F401  (the int8 graphs' Q/DQ ops, in a fresh process)
+
     x = example_batch(samples, None)
-    with quiet(), torch.no_grad(), atomic_path(path) as tmp:
+    with quiet(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), (x,), check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
-        tmp.write_bytes(reproducible_torchscript(buf.getvalue()))
+    return reproducible_torchscript(buf.getvalue())
+
+
+def export_torchscript(model, samples: int, path) -> None:
+    """Traced in a fresh process: TorchScript names a class's second and later types in a process with a
+    global counter, so a second trace in the same process would give other bytes for the same model."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        data = pool.submit(_trace_to_bytes, model, samples).result()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def export_pt2(model, samples: int, path, *, static_batch: int | None = None) -> None:

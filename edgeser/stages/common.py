@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from edgeser import distributed as dist
 from edgeser.fileio import load_state, save_state, write_json
 from edgeser.models.soundnet import SoundNet8
 from edgeser.models.student import Student
@@ -24,29 +25,46 @@ class Context:
     corpus: object = None
     results: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)  # cached teacher features for hint distillation, by block
+    stage: str | None = None  # the stage running now, and its content key (edgeser/resume.py)
+    stage_key: str | None = None
 
     def stage_dir(self, name: str) -> Path:
         d = self.run_dir / "stages" / name
-        d.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():  # under torchrun only rank 0 writes (edgeser/distributed.py)
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     def artifacts_dir(self) -> Path:
         d = self.run_dir / "artifacts"
-        d.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():
+            d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def checkpoint(self, name: str):
+        """An epoch checkpoint for one training loop of the running stage (None outside the pipeline)."""
+        from edgeser.resume import EpochCheckpoint
+
+        if self.stage is None or self.stage_key is None:
+            return None
+        slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+        return EpochCheckpoint(self.stage_dir(self.stage) / f"ckpt-{slug}.pt", self.stage_key)
 
     def log(self, msg: str) -> None:
         if self.console is not None:
             self.console.log(msg)
 
     def finish(self, stage: str, metrics: dict) -> dict:
-        write_json(self.stage_dir(stage) / "metrics.json", metrics)
+        if dist.is_main():
+            write_json(self.stage_dir(stage) / "metrics.json", metrics)
         self.results[stage] = metrics
         return metrics
 
 
 def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
-    save_state(path, {"config": config, "state_dict": model.state_dict()})
+    """Under torchrun: rank 0 writes, every rank waits until it has (call it on all ranks)."""
+    if dist.is_main():
+        save_state(path, {"config": config, "state_dict": model.state_dict()})
+    dist.barrier()
 
 
 def read_model_file(path: Path) -> tuple[dict, dict]:

@@ -11,6 +11,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from edgeser import distributed as dist
 from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
@@ -33,13 +34,20 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
     aug = ctx.recipe.data.augment.model_dump(mode="json")
     key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
-    blob = load_state(cache) if cache.is_file() else None
-    if blob is None or blob.get("key") != key:
-        teacher = load_teacher(teacher_path)
-        blob = {"key": key, "logits": predict(teacher, train.x),
-                "hints": {str(i): predict(lambda x, i=i: teacher.block_features(x, [i])[i], train.x)
-                          for i in d.hint_layers}}
-        save_state(cache, blob)
+    blob = None
+    if dist.is_main():  # under torchrun rank 0 reads or (re)computes the cache; the others then read its file
+        blob = load_state(cache) if cache.is_file() else None
+        if blob is None or blob.get("key") != key:
+            teacher = load_teacher(teacher_path)
+            blob = {"key": key, "logits": predict(teacher, train.x),
+                    "hints": {str(i): predict(lambda x, i=i: teacher.block_features(x, [i])[i], train.x)
+                              for i in d.hint_layers}}
+            save_state(cache, blob)
+    dist.barrier()
+    if blob is None:
+        blob = load_state(cache)
+        if blob.get("key") != key:
+            raise RuntimeError(f"{cache}: rank {dist.rank()} computed another teacher-logit key than rank 0")
     ctx.hints = {int(k): v for k, v in blob.get("hints", {}).items()}
     return dataclasses.replace(ctx.corpus, splits={**ctx.corpus.splits, "train": train}), blob["logits"]
 
@@ -95,7 +103,7 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
     if aug.freq_mask:
         from edgeser.data.augment import freq_mask
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(dist.rank_seed(seed))  # each rank its own masks (seed on rank 0)
         model.mel_augment = lambda mel: freq_mask(mel, gen, fraction=0.2)
     hints, params = None, None
     if use_hints and d.hint_layers:
@@ -106,7 +114,8 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
     try:
         with torch_threads(1):
             info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight),
-                       seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params, **kw)
+                       seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params,
+                       checkpoint=ctx.checkpoint(desc), **kw)
     finally:
         model.mel_augment = None
     return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}

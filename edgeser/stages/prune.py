@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
+from edgeser import distributed as dist
 from edgeser.stages.common import Context, load_student, model_stats, save_model
 from edgeser.stages.distill import kd_fit, student_full_config
 from edgeser.train import evaluate
@@ -44,7 +45,8 @@ def int8_latency_ms(student, calib: torch.Tensor, samples: int, runs: int = 50) 
 def _measure(ctx: Context, model, target: str, samples: int) -> float:
     if target == "macs":
         return model_stats(model, samples)["macs"]
-    return int8_latency_ms(model, ctx.corpus.splits["train"].x[:32], samples)
+    # under torchrun rank 0 measures and every rank gets its number, so all ranks prune the same channels
+    return dist.on_main(lambda: int8_latency_ms(model, ctx.corpus.splits["train"].x[:32], samples))
 
 
 def prune_to_target(ctx: Context, model, samples: int) -> list[dict]:

@@ -2,6 +2,7 @@
 recipe.teacher.checkpoint. `edgeser finetune` runs this stage (after data) on its own."""
 from __future__ import annotations
 
+from edgeser import distributed as dist
 from edgeser.fileio import size_bytes
 from edgeser.recipe import RecipeError
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
@@ -23,9 +24,12 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     def on_epoch(epoch):
         model.freeze_bottom(frozen_blocks(strategy, epoch, cfg))
 
-    info |= fit(model, corpus, cfg, teacher_loss(cfg, source, ctx.recipe.seed), seed=ctx.recipe.seed,
+    # the batch order (seed) is shared by all ranks; augmentation and MMD picks differ per rank (rank_seed)
+    info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed)), seed=ctx.recipe.seed,
                 progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
-                augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1], ctx.recipe.seed))
+                checkpoint=ctx.checkpoint(desc),
+                augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1],
+                                        dist.rank_seed(ctx.recipe.seed)))
     model.freeze_bottom(0)
     return model, info
 
