@@ -1,8 +1,9 @@
 """The recipe: one YAML file, validated by this pydantic schema (the single source of truth for options)."""
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +18,17 @@ class RecipeError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v, info):
+        """pydantic would read `epochs: true` (or YAML 1.1's `yes`) as 1: a number field takes numbers only."""
+        if isinstance(v, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            kinds = set(get_args(ann)) if get_origin(ann) in (Union, types.UnionType) else {ann}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"expected a number, got {str(v).lower()}")
+        return v
 
 
 class SynthData(_Section):
@@ -50,6 +62,10 @@ class Data(_Section):
     val_speakers: float = Field(0.2, gt=0, lt=1)
     test_speakers: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    # Manifest rows must resolve (after `..` and symlinks) inside the corpus root: the manifest's folder, or the
+    # corpus folder that `edgeser data import` recorded beside the manifest in `<manifest>.root` (its SRC, when
+    # the manifest was written elsewhere). true: rows may point anywhere (only for a manifest you trust).
+    allow_outside_root: bool = False
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -205,7 +221,7 @@ class Stream(_Section):
 
 
 class Recipe(_Section):
-    name: str = "run"
+    name: str = "run"  # also the default run folder, runs/<name>
     seed: int = 0
     target: str = "cpu"
     data: Data
@@ -217,6 +233,14 @@ class Recipe(_Section):
     export: Export = Export()
     verify: Verify = Verify()
     stream: Stream = Stream()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not v or len(v) > 100 or v.startswith((".", "-")) or any(c in "/\\" or ord(c) < 32 for c in v):
+            raise ValueError(f"{v!r}: a run name is one folder name, 1-100 characters without '/', '\\' or control "
+                             "characters, not starting with '.' or '-' (it names the folder runs/<name>)")
+        return v
 
     @model_validator(mode="after")
     def _stream_hop(self):
@@ -245,11 +269,39 @@ def parse_overrides(sets: list[str]) -> list[tuple[str, Any]]:
         if "=" not in s or not s.split("=", 1)[0].strip():
             raise RecipeError(f"--set {s!r}: expected KEY=VALUE, e.g. distill.epochs=3")
         k, v = s.split("=", 1)
+        if any(not part.strip() for part in k.split(".")):
+            raise RecipeError(f"--set {s!r}: empty part in the key {k.strip()!r}, e.g. distill.epochs=3")
         try:
-            out.append((k.strip(), yaml.safe_load(v)))
+            out.append((k.strip(), _safe_load(v)))
         except yaml.YAMLError as e:
             raise RecipeError(f"--set {k}: value is not valid YAML: {e}") from None
+        except RecursionError:
+            raise RecipeError(f"--set {k}: value is nested too deeply") from None
     return out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no python/* tags: nothing is constructed or run) that also refuses duplicate keys,
+    which PyYAML would otherwise resolve silently to the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: let SafeLoader report it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _format_error(e: ValidationError) -> str:
@@ -275,17 +327,29 @@ def validate(raw: dict, sets: list[str] | None = None) -> Recipe:
         raise RecipeError(_format_error(e)) from None
 
 
+def _is(path: Path, kind: str) -> bool:
+    """path.is_file() / is_dir(), False (not an exception) for a name too long or otherwise unusable."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe. Relative paths inside it resolve against the recipe's folder."""
     path = Path(path)
-    if not path.is_file():
+    if not _is(path, "file"):
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a text file") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: not a usable recipe: nested too deeply") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -303,8 +367,10 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
         if not value.is_absolute():
             value = base / value
             setattr(section, attr, value)
-        if not (value.is_file() if kind == "file" else value.is_dir()):
-            raise RecipeError(f"{field}: {kind} not found: {value}")
+        if not _is(value, kind):
+            other = "folder" if kind == "file" else "file"
+            found = f"is a {other}, expected a {kind}" if _is(value, other) else f"{kind} not found"
+            raise RecipeError(f"{field}: {found}: {value}")
     from edgeser.targets import load_target
 
     load_target(recipe.target)  # raises RecipeError naming `target`

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +30,19 @@ def available_targets() -> list[str]:
 
 
 def load_target(name: str) -> Target:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else TARGETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name.endswith((".yaml", ".yml")):  # a profile file of one's own
+        path = Path(name)
+    else:  # a shipped profile: a plain name, never a path out of TARGETS_DIR
+        path = TARGETS_DIR / f"{name}.yaml" if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) else None
+    try:
+        found = path is not None and path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        found = False
+    if not found:
         raise RecipeError(f"target: unknown profile {name!r} (available: {', '.join(available_targets())})")
     try:
         return Target.model_validate(yaml.safe_load(path.read_text()))
     except (ValidationError, yaml.YAMLError) as e:
         raise RecipeError(f"target profile {path}: {e}") from None
+    except (UnicodeDecodeError, RecursionError, OSError) as e:
+        raise RecipeError(f"target profile {path}: not a readable YAML profile ({type(e).__name__})") from None

@@ -36,7 +36,8 @@ class Corpus:
 
 
 def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
-    items = [dataclasses.replace(it, label=cfg.label_map.get(it.label, it.label)) for it in read_manifest(manifest_path)]
+    items = [dataclasses.replace(it, label=cfg.label_map.get(it.label, it.label))
+             for it in read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root)]
     classes = cfg.classes or sorted({it.label for it in items})
     unknown = set(cfg.classes or []) - {it.label for it in items}
     if unknown:
@@ -57,7 +58,7 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
                 ys.append(classes.index(it.label))
                 spk.append(it.speaker)
             except BadAudio as e:
-                skipped[str(e)] += 1
+                skipped[e.reason] += 1  # a fixed phrase, not this file's details: counts add up by reason
             except FileNotFoundError:
                 skipped["missing file"] += 1
             done += 1

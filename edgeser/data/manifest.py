@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,39 @@ class Item:
     session: str = ""
 
 
-def read_manifest(path: Path) -> list[Item]:
+ROOT_SUFFIX = ".root"  # <manifest>.root: the corpus folder `edgeser data import` read (relative to the manifest)
+
+
+def root_file(manifest: Path) -> Path:
+    return Path(manifest).with_name(Path(manifest).name + ROOT_SUFFIX)
+
+
+def corpus_roots(manifest: Path) -> list[Path]:
+    """Where a manifest's rows may point: its own folder, and the corpus root recorded beside it, if any."""
+    manifest = Path(manifest)
+    roots = [manifest.parent.resolve()]
+    rec = root_file(manifest)
+    if rec.is_file():
+        try:
+            line = rec.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"{rec}: unreadable corpus root record: {e}") from None
+        if line:
+            roots.append((manifest.parent / line).resolve())
+    return roots
+
+
+def _resolve(p: Path) -> Path:
+    try:
+        return p.resolve()  # `..` and symlinks
+    except (OSError, RuntimeError):  # a symlink loop: judge the path as written
+        return Path(os.path.abspath(p))
+
+
+def read_manifest(path: Path, allow_outside_root: bool = False) -> list[Item]:
+    """Rows as Items; relative paths resolve against the manifest's folder. Unless `allow_outside_root`, a row
+    whose path (after `..` and symlinks) leaves the corpus root (see corpus_roots) is a RecipeError naming the
+    manifest, the row's line number and the path: a manifest cannot read /etc/passwd or ../../secrets.wav."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -33,13 +66,24 @@ def read_manifest(path: Path) -> list[Item]:
         raise RecipeError(f"{path}: cannot read manifest: {e}") from None
     if not rows:
         raise RecipeError(f"{path}: manifest has no rows")
-    items = []
+    roots = None if allow_outside_root else corpus_roots(path)
+    items, outside = [], []
     for i, r in enumerate(rows, start=2):
         if not r["path"] or not r["label"] or not r["speaker"]:
             raise RecipeError(f"{path}:{i}: empty path, label or speaker")
         p = Path(r["path"])
-        items.append(Item(p if p.is_absolute() else path.parent / p, r["label"].strip(), r["speaker"].strip(),
-                          (r.get("session") or "").strip()))
+        p = p if p.is_absolute() else path.parent / p
+        if roots is not None:
+            real = _resolve(p)
+            if not any(real.is_relative_to(root) for root in roots):
+                outside.append((i, r["path"], real))
+        items.append(Item(p, r["label"].strip(), r["speaker"].strip(), (r.get("session") or "").strip()))
+    if outside:
+        i, raw, real = outside[0]
+        more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
+        where = " or ".join(str(r) for r in roots)
+        raise RecipeError(f"{path}:{i}: path {raw!r} resolves to {real}, outside the corpus root {where}{more}; "
+                          "set data.allow_outside_root: true if you trust this manifest")
     return items
 
 
