@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from edgeser.fileio import sha256  # noqa: E402
 
 SMALL = ["teacher.epochs=3", "distill.epochs=4", "prune.epochs=2", "qat.epochs=2", "data.synth.clips_per_class=80",
-         "verify.latency_runs=5"]
+         "verify.latency_runs=5", "verify.max_ua_drop_pt=100"]  # short training: the gates are not the point here
 TRAINING = ("teacher", "distill", "prune", "qat")
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     t = time.perf_counter()
     p = cli(base + ["--out", str(ref)])
     _, err = p.communicate()
-    if p.returncode != 0:
+    if p.returncode not in (0, 1) or not (ref / "manifest.json").is_file():  # 1: a gate failed, the run finished
         sys.exit(f"uninterrupted run failed ({p.returncode}):\n{err[-2000:]}")
     want = fingerprints(ref)
     print(f"uninterrupted run: {time.perf_counter() - t:.0f} s, {len(want)} files")
@@ -91,7 +91,7 @@ def main() -> None:
         t = time.perf_counter()
         r = cli(base + ["--out", str(run), "--resume"])
         _, err = r.communicate()
-        if r.returncode != 0:
+        if r.returncode not in (0, 1) or not (run / "manifest.json").is_file():
             print(f"{stage}: resume failed ({r.returncode}): {err[-800:]}")
             results[stage] = {"killed": True, "resumed": False}
             continue

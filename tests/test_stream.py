@@ -145,7 +145,7 @@ def test_cli_wav_and_stdin(arts, signal, tmp_path):
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert len(lines) == 5 and lines[0]["t"] == 1.0  # the run's recipe: 1 s window, 0.5 s hop
-    pcm = (np.clip(signal[:48000], -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = sf.read(wav, dtype="int16")[0].astype("<i2").tobytes()  # the very samples the WAV holds
     r2 = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), "--stdin"], input=pcm)
     assert r2.exit_code == 0, r2.output
     lines2 = [json.loads(x) for x in r2.stdout.splitlines() if x.startswith("{")]
