@@ -1,6 +1,7 @@
 """edgeser stream: cached and uncached paths agree, window geometry, smoothing, inputs, and bad input -> exit 2."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 
@@ -158,6 +159,8 @@ def test_cli_wav_and_stdin(arts, signal, tmp_path):
     (["--wav", "x.wav", "--stdin"], "exactly one input"),
     (["--stdin", "--hop", "0.31"], "hop"),
     (["--stdin", "--format", "mp3"], "--format"),
+    pytest.param(["--mic"], "sounddevice", marks=pytest.mark.skipif(
+        importlib.util.find_spec("sounddevice") is not None, reason="sounddevice is installed here")),
 ])
 def test_cli_bad_input_exits_2(arts, args, needle):
     r = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), *args], input=b"")
