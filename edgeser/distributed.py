@@ -13,7 +13,7 @@ Under torchrun (WORLD_SIZE > 1):
   draw (same generator, same seed): DDP's gradient average equals that run's big-batch gradient up to float
   rounding (BatchNorm still normalises with per-rank batch statistics, as in any DDP run);
 - validation runs on rank 0 and its metrics are broadcast, so the best epoch and the LR schedule are the same
-  on every rank; the epoch loss is summed over ranks;
+  on every rank; the epoch loss is the mean over all ranks' rows;
 - only rank 0 writes (stage metrics, models, caches, artifacts, reports, manifest); the other ranks wait at a
   barrier and read what it wrote. Multi-node runs therefore need the run folder (and the corpus) on a file
   system every node sees at the same path;

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from edgeser import distributed as dist
 from edgeser.data.dataset import load_corpus
 from edgeser.fileio import atomic_path, write_json
 from edgeser.stages.common import Context
@@ -35,7 +36,8 @@ def synth_corpus(ctx: Context):
 
 def run(ctx: Context) -> dict:
     d = ctx.recipe.data
-    manifest = d.manifest if d.manifest is not None else synth_corpus(ctx)
+    # under torchrun rank 0 writes the synthetic corpus; the others wait for it, then read it (distributed.py)
+    manifest = d.manifest if d.manifest is not None else dist.on_main(lambda: synth_corpus(ctx))
     task = ctx.progress.add_task("data: loading audio", total=None) if ctx.progress else None
     corpus = load_corpus(manifest, d, on_file=(lambda i, n: ctx.progress.update(task, completed=i, total=n))
                          if ctx.progress else None)
