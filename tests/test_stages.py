@@ -132,7 +132,8 @@ def test_augmentations_and_smote_in_training(tiny_run, tmp_path):
     rows = [ln.split(",") for ln in kept[1:]]
     (tmp_path / "m.csv").write_text("\n".join([kept[0]] + [",".join([str(src.parent / r[0])] + r[1:]) for r in rows]))
     r = copy.deepcopy(TINY)
-    r["data"] = {"manifest": str(tmp_path / "m.csv"), "clip_seconds": 1.0,
+    # rows point at the fixture's corpus, outside this manifest's folder: allowed explicitly
+    r["data"] = {"manifest": str(tmp_path / "m.csv"), "clip_seconds": 1.0, "allow_outside_root": True,
                  "augment": {"freq_mask": True, "time_stretch": True, "pitch_shift": True, "noise": True,
                              "smote": True, "p": 1.0}}
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", r))
