@@ -20,8 +20,10 @@ All onnxruntime sessions: 1 intra-op thread.
                  also the split artifact uncached; the faster of those two is the baseline, so the saving is
                  the smaller one. Cached and uncached runs alternate, --repeats each, medians compared.
                  Labels: the cached path's per-window raw labels must equal the uncached ones (both paths);
-                 the largest logit difference is printed. The saving in front-end frames computed (a MAC
-                 count, deterministic) is printed too.
+                 the largest logit difference is printed.
+  cache_mac_saving  the same comparison in multiply-accumulates (deterministic): FlopCounter MACs of the
+                 pruned student's front-end and body for one window (stages/prune/model.pt), the front-end
+                 share scaled by the frames each path computes.
   batching       edgeser.serving.compare_batching on `onnx-int8` (2 s request), 1 intra-op thread, idle threads
                  sleeping: closed-loop client threads at concurrency 1, 8 and 32, each cell --duration
                  seconds, batch-1 serving (the same service with max_batch=1) against dynamic batching
@@ -84,6 +86,20 @@ def stream_once(model, audio, settings, cache):
     return stream_array(model, audio, settings, cache=cache)
 
 
+def mac_saving(run_dir: Path, window_samples: int, stats: dict) -> tuple[float, dict]:
+    """1 - MACs with the cache / MACs without, over the whole stream."""
+    from edgeser.stages.common import load_student, model_stats
+
+    student, _ = load_student(run_dir / "stages/prune/model.pt")
+    total = model_stats(student, window_samples)["macs"]
+    frontend = model_stats(student.frontend, window_samples)["macs"]
+    per_frame = frontend / student.frontend.n_frames(window_samples)
+    body = total - frontend
+    cached = stats["frames_computed"] * per_frame + stats["windows"] * body
+    uncached = stats["windows"] * total
+    return 1 - cached / uncached, {"window_macs": total, "frontend_macs": frontend, "body_macs": body}
+
+
 def timeline_accuracy(streamer, labels, clip_s, step_s, window_s) -> float:
     """Share of windows whose smoothed label is the clip under the window's centre (a rough sanity figure)."""
     from edgeser.streaming.streamer import softmax
@@ -135,12 +151,15 @@ def main() -> None:
                                                           med["uncached_whole"]["process_s"])
     rtf = med["cached"]["process_s"] / (len(audio) / 16000)
     st = c.stats()
+    mac_save, macs = mac_saving(run_dir, int(round(clip_s * 16000)), st)
     for k, v in med.items():
         print(f"  {k:15s} process {1000 * v['process_s']:7.2f} ms   in model {1000 * v['model_s']:7.2f} ms   "
               f"RTF {v['process_s'] / (len(audio) / 16000):.5f}")
     print(f"windows {st['windows']}; front-end frames computed {st['frames_computed']} of {st['frames_uncached']} "
           f"({100 * st['frontend_saving']:.1f} % fewer); model-time saving {100 * cache_saving:.1f} %, "
           f"processing-time saving {100 * process_saving:.1f} %")
+    print(f"MACs per window: {macs['window_macs'] / 1e6:.2f} M (front-end {macs['frontend_macs'] / 1e6:.2f} M, body "
+          f"{macs['body_macs'] / 1e6:.2f} M); MAC saving over the stream {100 * mac_save:.1f} %")
     print(f"labels identical cached vs uncached: {same_labels}; max |logit diff| vs split uncached "
           f"{np.abs(la - lb).max():.2e}, vs onnx-int8 {np.abs(la - lc).max():.3f}; timeline accuracy "
           f"{100 * timeline_accuracy(c, labels, clip_s, args.hop, clip_s):.1f} % of windows")
@@ -163,7 +182,7 @@ def main() -> None:
           f"({gain:.2f}x, bar >= 3); p95 {dyn['p95_ms']:.2f} ms = {p95_ratio:.1f}x single (bar <= 2)")
     print(f"RTF {rtf:.5f} (bar <= 0.005); cache saving {100 * cache_saving:.1f} % (bar >= 40 %)")
     print(json.dumps({"rtf": rtf, "cache_saving": cache_saving, "batching_throughput_gain": gain,
-                      "p95_ratio": p95_ratio, "labels_identical": same_labels,
+                      "p95_ratio": p95_ratio, "labels_identical": same_labels, "cache_mac_saving": mac_save,
                       "frontend_frame_saving": st["frontend_saving"], "processing_saving": process_saving,
                       "single_p50_ms": single["p50_ms"], "dynamic_p95_ms_c32": dyn["p95_ms"],
                       "dynamic_rps_c32": dyn["throughput_rps"], "batch1_rps_c32": b1["throughput_rps"],
