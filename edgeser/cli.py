@@ -225,9 +225,9 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
         _bad_input(str(e))
     console.print(summary_table(summary))
     console.print(f"wrote {summary['out']}")
-    if summary.get("root_file"):
-        console.print(f"wrote {summary['root_file']} (the corpus root {summary['src']}: its rows may point there)",
-                      markup=False)
+    if summary.get("needs_root"):
+        console.print(f"its rows point outside {Path(summary['out']).parent}: in the recipe, set "
+                      f"data: {{manifest: {summary['out']}, root: {summary['needs_root']}}}", markup=False)
 
 
 def main() -> None:

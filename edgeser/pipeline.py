@@ -31,7 +31,8 @@ def preflight(recipe: Recipe) -> None:
     from edgeser.stages.common import read_model_file
 
     if recipe.data.manifest is not None:
-        read_manifest(recipe.data.manifest, allow_outside_root=recipe.data.allow_outside_root)
+        read_manifest(recipe.data.manifest, allow_outside_root=recipe.data.allow_outside_root,
+                      root=recipe.data.root)
     if recipe.teacher.checkpoint is not None:
         try:
             read_model_file(recipe.teacher.checkpoint)  # torch.load(weights_only=True): a pickled object is refused

@@ -62,9 +62,11 @@ class Data(_Section):
     val_speakers: float = Field(0.2, gt=0, lt=1)
     test_speakers: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
-    # Manifest rows must resolve (after `..` and symlinks) inside the corpus root: the manifest's folder, or the
-    # corpus folder that `edgeser data import` recorded beside the manifest in `<manifest>.root` (its SRC, when
-    # the manifest was written elsewhere). true: rows may point anywhere (only for a manifest you trust).
+    # Manifest rows must resolve (after `..` and symlinks) inside the corpus root: the manifest's folder, or
+    # `root` when given (e.g. the SRC of `edgeser data import` when the manifest is written elsewhere). Only the
+    # recipe widens this, never a file that travels with the manifest. allow_outside_root: rows may point
+    # anywhere (only for a manifest you trust).
+    root: Path | None = None
     allow_outside_root: bool = False
 
     @model_validator(mode="after")
@@ -359,7 +361,8 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     checks = [("data.manifest", recipe.data, "manifest", "file"), ("teacher.checkpoint", recipe.teacher, "checkpoint", "file"),
               ("teacher.pretrained", recipe.teacher, "pretrained", "file"),
               ("teacher.source_audio", recipe.teacher, "source_audio", "folder"),
-              ("data.augment.noise_folder", recipe.data.augment, "noise_folder", "folder")]
+              ("data.augment.noise_folder", recipe.data.augment, "noise_folder", "folder"),
+              ("data.root", recipe.data, "root", "folder")]
     for field, section, attr, kind in checks:
         value = getattr(section, attr)
         if value is None:

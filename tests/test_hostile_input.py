@@ -24,7 +24,7 @@ from edgeser.cli import app
 from edgeser.data.audio import BadAudio, load_audio
 from edgeser.data.dataset import load_corpus
 from edgeser.data.importers import import_corpus
-from edgeser.data.manifest import read_manifest, root_file
+from edgeser.data.manifest import read_manifest
 from edgeser.pipeline import preflight
 from edgeser.recipe import Data, RecipeError, load_recipe
 from edgeser.stages.common import read_model_file
@@ -501,9 +501,9 @@ def test_verify_data_enforces_the_root(tmp_path):
     assert _tree(tmp_path) == before
 
 
-def test_importer_manifest_outside_src_records_the_root(tmp_path):
+def test_importer_manifest_outside_src_needs_the_recipe_root(tmp_path):
     """`edgeser data import folder SRC --out elsewhere/m.csv`: rows are ../SRC/..., which leave the manifest's
-    folder; the importer records SRC in m.csv.root, so the pipeline accepts that manifest unchanged."""
+    folder; the importer prints the `data.root` the recipe needs, and only the recipe widens the rule."""
     src = tmp_path / "corpora/mine"
     for s in range(4):
         for lab in ("angry", "sad"):
@@ -512,28 +512,27 @@ def test_importer_manifest_outside_src_records_the_root(tmp_path):
     out = tmp_path / "meta/m.csv"
     res = runner.invoke(app, ["data", "import", "folder", str(src), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert root_file(out).read_text().strip() == "../corpora/mine" and "m.csv.root" in res.output
+    assert "root:" in res.output and str(src.resolve()) in res.output.replace("\n", "")
     assert all(line.startswith("../corpora/mine/") for line in out.read_text().splitlines()[1:])
-    items = read_manifest(out)  # strict by default
+    assert [p.name for p in out.parent.iterdir()] == ["m.csv"]  # nothing travels with the manifest
+    with pytest.raises(RecipeError, match=r"m\.csv:2: .*outside the corpus root.*data\.root"):
+        read_manifest(out)  # strict by default
+    items = read_manifest(out, root=src)
     assert len(items) == 8 and all(it.path.is_file() for it in items)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(_changed(("data", {"manifest": "meta/m.csv", "clip_seconds": 0.5,
-                                                        "val_speakers": 0.25, "test_speakers": 0.25}))))
+    recipe.write_text(yaml.safe_dump(_changed(("data", {"manifest": "meta/m.csv", "root": "corpora/mine",
+                                                        "clip_seconds": 0.5, "val_speakers": 0.25,
+                                                        "test_speakers": 0.25}))))
     r = load_recipe(recipe)
     preflight(r)
     assert sum(len(s.y) for s in load_corpus(out, r.data).splits.values()) == 8
 
-    # the recorded root widens the rule to SRC only: a row leaving SRC is still refused
+    # data.root widens the rule to that folder only: a row leaving it is still refused
     out.write_text(out.read_text() + "../corpora/other.wav,angry,spk0\n")
     with pytest.raises(RecipeError, match=r"m\.csv:10: path '\.\./corpora/other\.wav'"):
-        read_manifest(out)
-    # without the record, the rows leave the manifest's folder
-    root_file(out).unlink()
-    with pytest.raises(RecipeError, match=r"m\.csv:2: .*outside the corpus root"):
-        read_manifest(out)
+        read_manifest(out, root=src)
 
-    # a manifest inside SRC needs no record (and a stale one is removed)
+    # a manifest inside SRC needs no root
     inside = src / "manifest.csv"
-    root_file(inside).write_text("/\n")
     s = import_corpus("folder", src, inside)
-    assert s["root_file"] is None and not root_file(inside).exists() and len(read_manifest(inside)) == 8
+    assert s["needs_root"] is None and len(read_manifest(inside)) == 8

@@ -84,7 +84,8 @@ def test_iemocap(tmp_path):
     assert rows["Ses01F_impro01_M003"] == ("happy", "1M", "1") and "Ses01F_impro01_F001" not in rows
     assert s["labels"] == {"neutral": 1, "happy": 2, "sad": 1, "angry": 1}
     assert s["skipped"]["not one of the 4 classes"] == 1
-    assert rows and all(p.path.is_file() for p in read_manifest(tmp_path / "sub/m4.csv"))
+    assert s["needs_root"] == str(src.resolve())  # the manifest is outside SRC: the recipe needs data.root
+    assert rows and all(p.path.is_file() for p in read_manifest(tmp_path / "sub/m4.csv", root=src))
 
 
 def test_ravdess(tmp_path):
@@ -176,7 +177,8 @@ def test_cli(tmp_path):
     res = CliRunner().invoke(app, ["data", "import", "iemocap", str(src), "--out", str(out), "--four-class"])
     assert res.exit_code == 0, res.output
     assert "happy" in res.output and "speakers" in res.output and "no agreement" in res.output
-    items = read_manifest(out)
+    assert "root:" in res.output  # the manifest is outside SRC: the command prints the data.root to set
+    items = read_manifest(out, root=src)
     assert len(items) == 5 and all(it.path.is_file() for it in items)
     assert {it.speaker for it in items} == {"1F", "1M", "2F", "2M"}
 

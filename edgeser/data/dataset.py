@@ -37,7 +37,7 @@ class Corpus:
 
 def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     items = [dataclasses.replace(it, label=cfg.label_map.get(it.label, it.label))
-             for it in read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root)]
+             for it in read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)]
     classes = cfg.classes or sorted({it.label for it in items})
     unknown = set(cfg.classes or []) - {it.label for it in items}
     if unknown:

@@ -2,8 +2,8 @@
 (path,label,speaker,session) by following each corpus's own naming convention.
 
 Labels are canonical lower-case names (LABELS). Files whose names break the convention are skipped and
-counted by reason, never fatal. Paths are relative to the manifest; a manifest written outside SRC gets SRC
-recorded beside it in `<manifest>.root`, the corpus root its rows may point into.
+counted by reason, never fatal. Paths are relative to the manifest; a manifest written outside SRC needs
+`data.root: SRC` in the recipe (the command prints it), since rows may not leave the corpus root otherwise.
 Layouts (SRC is the folder given on the command line):
   iemocap  SRC/Session1..5/sentences/wav/<dialog>/<utt>.wav, labels from Session*/dialog/EmoEvaluation/*.txt;
            speaker = session + the first letter of the utterance's LAST field (Ses01F_impro01_M003 -> 1M)
@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-from edgeser.data.manifest import root_file
 from edgeser.recipe import RecipeError
 
 LABELS = ("neutral", "calm", "happy", "excited", "sad", "angry", "fear", "disgust", "surprise", "frustrated",
@@ -171,16 +170,11 @@ def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False) -> 
     writer.writerow(["path", "label", "speaker", "session"])
     writer.writerows([p, r.label, r.speaker, r.session] for p, r in rel)
     write_text(out, buf.getvalue())
-    # rows may only point inside the manifest's folder or a recorded corpus root (edgeser/data/manifest.py):
-    # a manifest written outside SRC records SRC beside it, so `compress` accepts it as it is
-    record = root_file(out)
-    if src.resolve().is_relative_to(out.parent.resolve()):  # every row already lies under the manifest's folder
-        record.unlink(missing_ok=True)  # a stale record from an earlier import to this name
-        record = None
-    else:
-        write_text(record, os.path.relpath(src, out.parent).replace(os.sep, "/") + "\n")
+    # rows may only point inside the manifest's folder or the recipe's data.root (edgeser/data/manifest.py):
+    # a manifest written outside SRC needs `data.root: SRC` in the recipe
+    outside = not src.resolve().is_relative_to(out.parent.resolve())
     labels = Counter(r.label for r in rows)
-    return {"kind": kind, "src": str(src), "out": str(out), "root_file": str(record) if record else None,
+    return {"kind": kind, "src": str(src), "out": str(out), "needs_root": str(src.resolve()) if outside else None,
             "rows": len(rows), "labels": {lab: labels[lab] for lab in LABELS if labels[lab]},
             "speakers": sorted({r.speaker for r in rows}), "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
 

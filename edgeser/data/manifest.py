@@ -21,25 +21,11 @@ class Item:
     session: str = ""
 
 
-ROOT_SUFFIX = ".root"  # <manifest>.root: the corpus folder `edgeser data import` read (relative to the manifest)
-
-
-def root_file(manifest: Path) -> Path:
-    return Path(manifest).with_name(Path(manifest).name + ROOT_SUFFIX)
-
-
-def corpus_roots(manifest: Path) -> list[Path]:
-    """Where a manifest's rows may point: its own folder, and the corpus root recorded beside it, if any."""
-    manifest = Path(manifest)
-    roots = [manifest.parent.resolve()]
-    rec = root_file(manifest)
-    if rec.is_file():
-        try:
-            line = rec.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RecipeError(f"{rec}: unreadable corpus root record: {e}") from None
-        if line:
-            roots.append((manifest.parent / line).resolve())
+def corpus_roots(manifest: Path, root: Path | None = None) -> list[Path]:
+    """Where a manifest's rows may point: its own folder, and the recipe's data.root when given."""
+    roots = [Path(manifest).parent.resolve()]
+    if root is not None:
+        roots.append(Path(root).resolve())
     return roots
 
 
@@ -50,7 +36,7 @@ def _resolve(p: Path) -> Path:
         return Path(os.path.abspath(p))
 
 
-def read_manifest(path: Path, allow_outside_root: bool = False) -> list[Item]:
+def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | None = None) -> list[Item]:
     """Rows as Items; relative paths resolve against the manifest's folder. Unless `allow_outside_root`, a row
     whose path (after `..` and symlinks) leaves the corpus root (see corpus_roots) is a RecipeError naming the
     manifest, the row's line number and the path: a manifest cannot read /etc/passwd or ../../secrets.wav."""
@@ -66,7 +52,7 @@ def read_manifest(path: Path, allow_outside_root: bool = False) -> list[Item]:
         raise RecipeError(f"{path}: cannot read manifest: {e}") from None
     if not rows:
         raise RecipeError(f"{path}: manifest has no rows")
-    roots = None if allow_outside_root else corpus_roots(path)
+    roots = None if allow_outside_root else corpus_roots(path, root)
     items, outside = [], []
     for i, r in enumerate(rows, start=2):
         if not r["path"] or not r["label"] or not r["speaker"]:
@@ -83,7 +69,8 @@ def read_manifest(path: Path, allow_outside_root: bool = False) -> list[Item]:
         more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
         where = " or ".join(str(r) for r in roots)
         raise RecipeError(f"{path}:{i}: path {raw!r} resolves to {real}, outside the corpus root {where}{more}; "
-                          "set data.allow_outside_root: true if you trust this manifest")
+                          "set data.root to the corpus folder, or data.allow_outside_root: true if you trust this "
+                          "manifest")
     return items
 
 
