@@ -54,6 +54,17 @@ def test_cached_equals_uncached(arts, signal):
     assert 0 < s["rtf"] < 1
 
 
+@pytest.mark.parametrize("window, hop, chunk", [(1.0, 1.25, 300), (1.0, 0.5, 16000 * 8), (0.5, 0.025, 123)])
+def test_cached_equals_uncached_any_geometry(arts, signal, window, hop, chunk):
+    """Gaps between windows (hop > window), one push of everything, tiny pushes and a 25 ms hop."""
+    model = StreamModel(arts / "student_int8_stream")
+    settings = StreamSettings(window_s=window, hop_s=hop, smoothing="none")
+    a = np.stack(stream_array(model, signal, settings, cache=True, chunk=chunk).logits)
+    b = np.stack(stream_array(model, signal, settings, cache=False, chunk=chunk).logits)
+    assert len(a) == (len(signal) - int(window * 16000)) // int(hop * 16000) + 1
+    assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all()
+
+
 def test_stream_artifact_is_the_int8_model(arts, signal):
     clips = signal[: 4 * 16000].reshape(4, 16000)
     whole = onnx_runner(arts / "student_int8.onnx")(clips)

@@ -75,6 +75,7 @@ class Streamer:
         self.smoother = Smoother(settings.smoothing, settings.ema_alpha, settings.median_windows)
         self.audio = np.zeros(0, np.float32)
         self.audio_start = 0  # absolute sample index of self.audio[0]
+        self.incoming: list[np.ndarray] = []  # pushed pieces not yet joined to self.audio
         self.received = 0
         self.frames = None  # (n_mels, T) cached frames
         self.frames_start = 0  # absolute frame index of self.frames[:, 0]
@@ -92,9 +93,12 @@ class Streamer:
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(pcm)):
             raise StreamError(f"audio: NaN or Inf samples near {self.received / self.sr:.2f} s")
-        self.audio = np.concatenate([self.audio, pcm])
+        self.incoming.append(pcm)  # joined once per window, not per piece: less copying on a live source
         self.received += len(pcm)
         events = []
+        if self.next_window * self.step + self.window <= self.received:
+            self.audio = np.concatenate([self.audio, *self.incoming])
+            self.incoming.clear()
         while self.next_window * self.step + self.window <= self.received:
             events.append(self._emit(self._window_logits(self.next_window)))
             self.next_window += 1
@@ -155,6 +159,7 @@ class Streamer:
             if self.frames is not None and keep_from > self.frames_start:
                 self.frames = self.frames[:, keep_from - self.frames_start :]
                 self.frames_start = keep_from
+        start = min(start, self.audio_start + len(self.audio))  # pieces not joined yet stay where they are
         if start > self.audio_start:
             self.audio = self.audio[start - self.audio_start :]
             self.audio_start = start
