@@ -152,6 +152,18 @@ def load_runner(fmt: str, path: Path) -> Runner:
     raise ValueError(f"no runtime on this machine for format {fmt!r}")
 
 
+def time_calls(fn, runs: int, warmup: int = 5) -> list[float]:
+    """Milliseconds of each of `runs` calls of fn(), after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 def latency_ms(runner: Runner, sample: np.ndarray, runs: int, warmup: int = 5) -> dict:
     """Single-clip latency with one thread: p50 and p95 over `runs` timed calls."""
     x = sample[None].astype(np.float32)
@@ -159,13 +171,7 @@ def latency_ms(runner: Runner, sample: np.ndarray, runs: int, warmup: int = 5) -
     if runner.set_threads:
         runner.set_threads(1)
     try:
-        for _ in range(warmup):
-            runner(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            runner(x)
-            times.append((time.perf_counter() - t) * 1000)
+        times = time_calls(lambda: runner(x), runs, warmup)
     finally:
         if runner.set_threads:
             runner.set_threads(prev)

@@ -207,15 +207,10 @@ def _percentiles(ms: list[float]) -> dict:
 
 def single_request_latency(run_batch: RunBatch, request: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
     """Latency of one request run alone at batch 1, calling run_batch directly (no queue, no thread)."""
+    from edgeser.runtimes import time_calls
+
     x = request[None]
-    for _ in range(warmup):
-        run_batch(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run_batch(x)
-        times.append((time.perf_counter() - t) * 1000)
-    return {**_percentiles(times), "runs": runs}
+    return {**_percentiles(time_calls(lambda: run_batch(x), runs, warmup)), "runs": runs}
 
 
 def load_test(batcher: DynamicBatcher, request: np.ndarray, concurrency: int,

@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny synthetic corpus and one tiny end-to-end run, reused by the stage tests."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -22,6 +23,23 @@ TINY = {
     # tiny models trained one epoch are near chance: the gates here test mechanics, not accuracy
     "verify": {"max_ua_drop_pt": 100, "min_agreement": 0.5, "latency_runs": 5},
 }
+
+
+DEL = object()  # a value for recipe_with that removes the key
+
+
+def recipe_with(*changes: tuple[str, object]) -> dict:
+    """TINY with dotted keys set (value DEL removes the key)."""
+    r = copy.deepcopy(TINY)
+    for dotted, v in changes:
+        cur, keys = r, dotted.split(".")
+        for k in keys[:-1]:
+            cur = cur.setdefault(k, {})
+        if v is DEL:
+            cur.pop(keys[-1], None)
+        else:
+            cur[keys[-1]] = v
+    return r
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:

@@ -136,7 +136,7 @@ def test_ddp_fit_matches_one_process_with_the_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_fit_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     ref = _fit(batch_size=16)
     # every rank ends with the same model, history and best epoch
     assert r0["info"] == r1["info"]

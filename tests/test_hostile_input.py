@@ -4,7 +4,6 @@ file, and write nothing; bad audio is skipped and counted by reason; nothing hos
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import os
 import pickle
@@ -28,7 +27,7 @@ from edgeser.data.manifest import read_manifest
 from edgeser.pipeline import preflight
 from edgeser.recipe import Data, RecipeError, load_recipe
 from edgeser.stages.common import read_model_file
-from tests.conftest import TINY
+from tests.conftest import DEL, TINY, recipe_with
 
 runner = CliRunner()
 SR = 16000
@@ -60,21 +59,7 @@ def _tone(sr: int = SR, sec: float = 0.5, f: float = 200.0, amp: float = 0.3) ->
 
 # ---------------------------------------------------------------------------------------------- recipes
 
-def _changed(*changes: tuple[str, object]) -> dict:
-    """TINY with dotted keys set (value _DEL removes the key)."""
-    r = copy.deepcopy(TINY)
-    for dotted, v in changes:
-        cur, keys = r, dotted.split(".")
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        if v is _DEL:
-            cur.pop(keys[-1], None)
-        else:
-            cur[keys[-1]] = v
-    return r
-
-
-_DEL = object()
+_changed, _DEL = recipe_with, DEL  # TINY with dotted keys set; _DEL removes a key
 TINY_YAML = yaml.safe_dump(TINY)
 
 

@@ -1,33 +1,22 @@
 """Recipe validation: malformed recipes exit 2, name the field, and write nothing."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 from typer.testing import CliRunner
 
 from edgeser.cli import app
 from edgeser.recipe import RecipeError, load_recipe
-from tests.conftest import TINY, write_recipe
+from tests.conftest import DEL, recipe_with, write_recipe
 
 runner = CliRunner()
 
 
 def _with(path_value: list[tuple[str, object]]) -> dict:
-    r = copy.deepcopy(TINY)
-    for dotted, v in path_value:
-        cur = r
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        if v is _DEL:
-            cur.pop(keys[-1], None)
-        else:
-            cur[keys[-1]] = v
-    return r
+    return recipe_with(*path_value)
 
 
-_DEL = object()
+_DEL = DEL
 
 BAD = [
     ([("distill.temperature", 0)], "distill.temperature"),
