@@ -1,13 +1,16 @@
 """RUN/report.html: one self-contained page (inline SVG charts, no external files or scripts).
 
-Confusion matrix per verified artifact, accuracy vs latency vs size (Pareto), and the stage waterfall.
+Confusion matrix per verified artifact, accuracy vs latency vs size (Pareto), the stage waterfall, and the
+robustness suite as a heatmap (one row per perturbation, one column per artifact).
 """
 from __future__ import annotations
 
 import html
 import math
 
-from edgeser.report import COLUMNS, artifact_row, structural_checks, teacher_row
+from edgeser.report import (COLUMNS, HEAT_AMBER, HEAT_GREEN, ROBUST_LEGEND, case_agreement, case_failed, pct_ci,
+                             reference_label, robust_artifacts, robust_cases, robust_cell, robust_limit,
+                             robust_summary, structural_checks, table_notes, table_rows)
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -16,7 +19,10 @@ td:first-child,th:first-child,td:nth-child(2),td:nth-child(3){text-align:left}
 .verified{color:#1a7f37}.skipped{color:#9a6700}.failed{color:#cf222e;font-weight:600}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:18px}.card{border:1px solid #ddd;border-radius:6px;padding:8px}
-.note{font-size:13px;color:#555}"""
+.note{font-size:13px;color:#555}.warn-box{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:6px 12px}
+td.heat{text-align:center;white-space:nowrap}.green{background:#c7ecd0}.amber{background:#fbe3a3}
+.red{background:#f7c4c4}td.gatefail{outline:2px solid #cf222e;outline-offset:-2px;font-weight:600}
+.swatch{display:inline-block;padding:0 8px;margin-right:6px;border-radius:3px}"""
 
 
 def _e(x) -> str:
@@ -91,9 +97,44 @@ def confusion_svg(cm: list[list[int]], classes: list[str], cell: int = 44) -> st
     return f'<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">{"".join(cells)}</svg>'
 
 
+def heat_class(agreement) -> str:
+    """Background of a heatmap cell: green, amber or red by agreement (no colour when unmeasured)."""
+    if agreement is None:
+        return ""
+    return "green" if agreement >= HEAT_GREEN else "amber" if agreement >= HEAT_AMBER else "red"
+
+
+def robustness_html(report: dict) -> str:
+    """The robustness suite as a heatmap table; empty when no artifact carries one."""
+    arts = robust_artifacts(report)
+    if not arts:
+        return ""
+    head = "<tr><th>case</th><th>kind</th><th>gated</th>" + "".join(f"<th>{_e(a['name'])}</th>" for a in arts) + "</tr>"
+    body = []
+    for row in robust_cases(arts):
+        cells = [f"<td>{_e(row['case'])}</td><td>{_e(row['kind'] or '—')}</td>"
+                 f"<td>{'gated' if row['gated'] else 'reported'}</td>"]
+        for a in arts:
+            c = row["cells"].get(a["name"])
+            if c is None:
+                cells.append("<td class='heat'>—</td>")
+                continue
+            failed = case_failed(c, robust_limit(report, a["name"]))
+            cls = " ".join(x for x in ("heat", heat_class(case_agreement(c)), "gatefail" if failed else "") if x)
+            cells.append(f"<td class='{cls}'>{_e(robust_cell(c))}{' ✗' if failed else ''}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    legend = (f"<p class='note'><span class='swatch green'>≥ {100 * HEAT_GREEN:.0f} %</span>"
+              f"<span class='swatch amber'>≥ {100 * HEAT_AMBER:.0f} %</span>"
+              f"<span class='swatch red'>&lt; {100 * HEAT_AMBER:.0f} %</span> colour: the agreement the gate sees "
+              f"(the worse of the two for gain cases). {_e(ROBUST_LEGEND)}</p>")
+    summary = "".join(f"<li><b>{_e(a['name'])}</b> {_e(robust_summary(report, a))}</li>" for a in arts)
+    return (f"<h2>Robustness</h2><table class='robust'>{head}{''.join(body)}</table>{legend}"
+            f"<ul class='note'>{summary}</ul>")
+
+
 def render(report: dict) -> str:
     classes = report["data"]["classes"]
-    rows = [teacher_row(report["teacher"])] + [artifact_row(a) for a in report["artifacts"]]
+    rows = table_rows(report)
     status = ["reference"] + [a["status"] for a in report["artifacts"]]
     table = "<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in COLUMNS) + "</tr>" + "".join(
         f'<tr class="{s}">' + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>" for r, s in zip(rows, status)) + "</table>"
@@ -105,9 +146,13 @@ def render(report: dict) -> str:
                     for a in report["artifacts"] if a.get("reason"))
     notes += "".join(f"<li><b>{_e(a['name'])}</b> {_e(line)}</li>" for a in report["artifacts"]
                      for line in structural_checks(a))
-    cms = "".join(f'<div class="card"><b>{_e(a["name"])}</b> — UA {100 * a["ua"]:.1f}%<br>'
+    cms = "".join(f'<div class="card"><b>{_e(a["name"])}</b> — UA {_e(pct_ci(a["ua"], a.get("ua_ci")))} % '
+                  f'(agreement vs {_e(reference_label(a.get("reference")))})<br>'
                   f'{confusion_svg(a["confusion"], classes)}</div>'
                   for a in report["artifacts"] if a.get("confusion"))
+    warnings = ("<div class='warn-box'><b>Warnings</b><ul>" + "".join(f"<li>{_e(w)}</li>" for w in report["warnings"])
+                + "</ul></div>") if report.get("warnings") else ""
+    table_note = "".join(f"<p class='note'>{_e(line)}</p>" for line in table_notes(report))
     verdict = ("<span class='pass'>all gates pass</span>" if report["passed"]
                else "<span class='fail'>a gate failed</span>")
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>edgeser report: {_e(report['recipe']['name'])}</title>
@@ -115,8 +160,10 @@ def render(report: dict) -> str:
 <h1>edgeser: {_e(report['recipe']['name'])} → {_e(report['target']['name'])} — {verdict}</h1>
 <p class="note">Held-out speakers {_e(', '.join(report['data']['test_speakers']))}, {report['data']['sizes']['test']} clips,
 classes {_e(', '.join(classes))}. Latency: batch 1, one thread.</p>
-<h2>Artifacts</h2>{table}<ul class="note">{notes}</ul>
+{warnings}
+<h2>Artifacts</h2>{table}{table_note}<ul class="note">{notes}</ul>
 <h2>Gates</h2>{gates}
+{robustness_html(report)}
 <h2>Accuracy waterfall</h2>{waterfall_svg(report['waterfall'])}
 <h2>Accuracy vs latency vs size</h2>{pareto_svg(report['artifacts'])}
 <h2>Confusion matrices</h2><div class="grid">{cms}</div>
