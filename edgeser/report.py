@@ -66,6 +66,12 @@ def structural_checks(a: dict) -> list[str]:
     return lines
 
 
+def gate_value(g: dict) -> str:
+    """A gate's value, with the 95 % interval verify attached to it (g["ci"], in the value's unit) if any."""
+    ci = g.get("ci")
+    return str(g["value"]) if not ci else f"{g['value']} [{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
 def teacher_figures(report: dict) -> dict:
     """The teacher's figures for its table row: on the clips the artifacts were scored on when verify measured
     them there (with intervals), else the teacher stage's own held-out figures."""
@@ -233,7 +239,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Notes", *notes]
     lines += ["", "## Gates", "",
               *md_table(["gate", "limit", "value", "result"],
-                        [[g["name"], g["limit"], g["value"], "pass" if g["passed"] else "**FAIL**"]
+                        [[g["name"], g["limit"], gate_value(g), "pass" if g["passed"] else "**FAIL**"]
                          for g in report["gates"]])]
     lines += robustness_markdown(report)
     lines += ["", "## Accuracy waterfall (UA %)", "", " → ".join(f"{w['step']} {100 * w['ua']:.1f}"
@@ -276,4 +282,4 @@ def print_report(console, report: dict) -> None:
         console.print(f"robustness {escape(a['name'])}: {escape(robust_summary(report, a))}")
     for g in report["gates"]:
         mark = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
-        console.print(f"{mark} {escape(g['name'])}: {escape(str(g['value']))} (limit {escape(str(g['limit']))})")
+        console.print(f"{mark} {escape(g['name'])}: {escape(gate_value(g))} (limit {escape(str(g['limit']))})")

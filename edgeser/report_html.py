@@ -8,8 +8,8 @@ from __future__ import annotations
 import html
 import math
 
-from edgeser.report import (COLUMNS, HEAT_AMBER, HEAT_GREEN, ROBUST_LEGEND, case_agreement, case_failed, pct_ci,
-                             reference_label, robust_artifacts, robust_cases, robust_cell, robust_limit,
+from edgeser.report import (COLUMNS, HEAT_AMBER, HEAT_GREEN, ROBUST_LEGEND, case_agreement, case_failed, gate_value,
+                             pct_ci, reference_label, robust_artifacts, robust_cases, robust_cell, robust_limit,
                              robust_summary, structural_checks, table_notes, table_rows)
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#222}
@@ -139,7 +139,7 @@ def render(report: dict) -> str:
     table = "<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in COLUMNS) + "</tr>" + "".join(
         f'<tr class="{s}">' + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>" for r, s in zip(rows, status)) + "</table>"
     gates = "<table><tr><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>" + "".join(
-        f"<tr><td>{_e(g['name'])}</td><td>{_e(g['limit'])}</td><td>{_e(g['value'])}</td>"
+        f"<tr><td>{_e(g['name'])}</td><td>{_e(g['limit'])}</td><td>{_e(gate_value(g))}</td>"
         f"<td class='{'pass' if g['passed'] else 'fail'}'>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
         for g in report["gates"]) + "</table>"
     notes = "".join(f"<li><b>{_e(a['name'])}</b> {_e(a['status'])}: {_e(a['reason'])}</li>"

@@ -54,6 +54,8 @@ def _results(with_ci=True, robust=True, low_gain=0.99):
               "gates": [{"name": "agreement [onnx-int8]", "limit": 0.95, "value": 0.983, "passed": True},
                         {"name": "UA drop vs teacher, pt [onnx-int8]", "limit": 3.0, "value": 1.25, "passed": True}]}
     if with_ci:
+        verify["gates"][1]["ci"] = [-2.0, 4.5]
+    if with_ci:
         int8 |= {"ua_ci": [0.912, 0.981], "wa_ci": [0.90, 0.99], "ua_drop_pt": 1.25, "ua_drop_ci_pt": [-2.0, 4.5]}
         fp32 |= {"ua_ci": [0.90, 0.97], "wa_ci": [0.89, 0.98], "ua_drop_pt": 2.5, "ua_drop_ci_pt": [-0.5, 5.5]}
         verify["teacher"] = {"ua": 0.9625, "wa": 0.97, "ua_ci": [0.93, 0.99], "wa_ci": [0.94, 0.995], "n": 160}
@@ -138,8 +140,11 @@ def test_confidence_intervals_and_warnings_when_present():
     assert "same 160 clips" in md and "bootstrap" in md
     assert report["teacher_same_clips"]["ua_ci"] == [0.93, 0.99]
     assert report["warnings"] and report["warnings"][0] in md and "## Warnings" in md
+    gates = {g["gate"]: g for g in md_table_by_header(md, "gate")}
+    assert gates["UA drop vs teacher, pt [onnx-int8]"]["value"] == "1.25 [-2, 4.5]"
+    assert gates["agreement [onnx-int8]"]["value"] == "0.983"
     html = render(report)
-    assert "<td>95.0 [91.2, 98.1]</td>" in html and "<td>1.2 [-2.0, 4.5]</td>" in html
+    assert "<td>95.0 [91.2, 98.1]</td>" in html and "<td>1.25 [-2, 4.5]</td>" in html and "<td>1.2 [-2.0, 4.5]</td>" in html
     assert "warn-box" in html and "resolves a UA drop to ±4.1 pt" in html
 
 
