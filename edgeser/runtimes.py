@@ -12,10 +12,18 @@ import torch
 
 
 class Runner:
-    def __init__(self, fn, static_batch: int | None = None, set_threads=None):
+    """fixed_samples: a static-length graph (QNN HTP). Longer input is covered by windows of that length at half
+    a window's hop and the logits averaged (as `edgeser stream` does); shorter input is tiled to the window."""
+
+    def __init__(self, fn, static_batch: int | None = None, set_threads=None, fixed_samples: int | None = None,
+                 min_samples: int = 1):
         self.fn, self.static_batch, self.set_threads = fn, static_batch, set_threads
+        self.fixed_samples, self.min_samples = fixed_samples, min_samples
 
     def __call__(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        x = check_audio(x, self.min_samples)
+        if self.fixed_samples and x.shape[1] != self.fixed_samples:
+            return self._slide(x, batch_size)
         bs = self.static_batch or batch_size
         outs = []
         for i in range(0, len(x), bs):
@@ -25,6 +33,45 @@ class Runner:
                 chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
             outs.append(np.asarray(self.fn(chunk))[:n])
         return np.concatenate(outs)
+
+    def _slide(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        w, n = self.fixed_samples, x.shape[1]
+        if n < w:
+            return self(np.tile(x, (1, -(-w // n)))[:, :w], batch_size)
+        starts = sorted(set(range(0, n - w + 1, w // 2)) | {n - w})
+        windows = np.stack([x[:, s : s + w] for s in starts], axis=1)  # (B, k, w)
+        out = self(windows.reshape(-1, w), batch_size)
+        return out.reshape(len(x), len(starts), -1).mean(1)
+
+    def run_each(self, clips: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Logits of clips of different lengths (whole utterances): equal lengths are batched together."""
+        out: list = [None] * len(clips)
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_len.setdefault(len(c), []).append(i)
+        for idx in by_len.values():
+            logits = self(np.stack([clips[i] for i in idx]).astype(np.float32), batch_size)
+            for i, row in zip(idx, logits):
+                out[i] = row
+        return np.stack(out)
+
+
+def check_audio(x, min_samples: int = 1) -> np.ndarray:
+    """The input every artifact takes: float32 PCM (batch, samples), finite, at least one analysis frame long.
+    Anything else is a ValueError that says what was wrong (instead of a runtime's shape error or NaN logits)."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"audio: expected a numpy array (batch, samples), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"audio: expected rank 2 (batch, samples), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] < min_samples:
+        raise ValueError(f"audio: {x.shape[1]} samples is shorter than one analysis frame ({min_samples} samples)")
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"audio: expected float PCM in [-1, 1], got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("audio: NaN or Inf samples")
+    return x
 
 
 def torch_runner(module) -> Runner:
@@ -50,11 +97,21 @@ def onnx_session(path: Path, threads: int = 1, optimize: bool = True, spinning: 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def _onnx_runner(sess, fn) -> Runner:
+    """A Runner shaped by the graph's input (static batch and length) and its metadata (min_samples)."""
+    import json
+
+    inp = sess.get_inputs()[0]
+    spec = json.loads(sess.get_modelmeta().custom_metadata_map.get("input", "{}"))
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    fixed = inp.shape[1] if isinstance(inp.shape[1], int) else None
+    return Runner(fn, static_batch=static, fixed_samples=fixed, min_samples=int(spec.get("min_samples") or 1))
+
+
 def onnx_runner(path: Path, threads: int = 1, optimize: bool = True, spinning: bool = True) -> Runner:
     sess = onnx_session(path, threads, optimize, spinning)
-    inp = sess.get_inputs()[0]
-    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
+    name = sess.get_inputs()[0].name
+    return _onnx_runner(sess, lambda x: sess.run(None, {name: x})[0])
 
 
 def stream_runner(folder: Path, threads: int = 1) -> Runner:
@@ -62,7 +119,7 @@ def stream_runner(folder: Path, threads: int = 1) -> Runner:
     from edgeser.export.stream_export import BODY, FRONTEND
 
     fe, body = onnx_session(Path(folder) / FRONTEND, threads), onnx_session(Path(folder) / BODY, threads)
-    return Runner(lambda x: body.run(None, {"frames": fe.run(None, {"audio": x})[0]})[0])
+    return _onnx_runner(fe, lambda x: body.run(None, {"frames": fe.run(None, {"audio": x})[0]})[0])
 
 
 def qnn_available() -> tuple[bool, str]:
@@ -94,9 +151,8 @@ def qnn_runner(path: Path, soc_model: str = "60", htp_arch: str = "75") -> Runne
     so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), sess_options=so)
-    inp = sess.get_inputs()[0]
-    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    return Runner(lambda x: sess.run(None, {inp.name: x})[0], static_batch=static)
+    name = sess.get_inputs()[0].name
+    return _onnx_runner(sess, lambda x: sess.run(None, {name: x})[0])
 
 
 def coreml_runner(path: Path) -> Runner:
@@ -143,13 +199,21 @@ def load_runner(fmt: str, path: Path) -> Runner:
         return stream_runner(path)
     if fmt.startswith("onnx"):
         return onnx_runner(path)
-    import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)
+    import json
 
+    import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)
+    from edgeser.export.artifact_meta import EXTRA_FILE
+
+    extra = {EXTRA_FILE: ""}
     if fmt == "torchscript":
-        return torch_runner(torch.jit.load(str(path), map_location="cpu"))
-    if fmt == "pt2":
-        return torch_runner(torch.export.load(str(path)).module())
-    raise ValueError(f"no runtime on this machine for format {fmt!r}")
+        runner = torch_runner(torch.jit.load(str(path), map_location="cpu", _extra_files=extra))
+    elif fmt == "pt2":
+        runner = torch_runner(torch.export.load(str(path), extra_files=extra).module())
+    else:
+        raise ValueError(f"no runtime on this machine for format {fmt!r}")
+    if extra[EXTRA_FILE]:
+        runner.min_samples = int(json.loads(json.loads(extra[EXTRA_FILE])["input"])["min_samples"])
+    return runner
 
 
 def time_calls(fn, runs: int, warmup: int = 5) -> list[float]:

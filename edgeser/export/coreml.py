@@ -134,17 +134,26 @@ def _atomic_save_dir(mlmodel, path: Path) -> None:
 
 
 def export_coreml(model, example_input, path, *, input_name: str = "audio",
-                  output_name: str = "logits", frontend_fp32: bool = True) -> dict:
-    """Convert an export-form INT8 model to a W8A8 ``.mlpackage`` (mlprogram, iOS17)."""
+                  output_name: str = "logits", frontend_fp32: bool = True,
+                  samples_range: tuple[int, int] | None = None, metadata: dict | None = None) -> dict:
+    """Convert an export-form INT8 model to a W8A8 ``.mlpackage`` (mlprogram, iOS17).
+
+    samples_range: (min, max) samples for a flexible input length (a RangeDim whose default is the example's
+    length); metadata: written into the model's user_defined_metadata (class names, input spec, ...)."""
     import coremltools as ct
     import numpy as np
     import torch
     import torchao.quantization.pt2e  # noqa: F401  registers quantized_decomposed ops
 
+    from edgeser.export.onnx_export import size_oblivious
+
     path = Path(path)
-    with torch.no_grad():
-        ep = torch.export.export(model.eval(), (example_input,)).run_decompositions({})
-    shape = tuple(example_input.shape)
+    b, n = tuple(example_input.shape)
+    dyn = None if samples_range is None else ({1: torch.export.Dim("samples", min=samples_range[0],
+                                                                     max=samples_range[1])},)
+    with torch.no_grad(), size_oblivious():
+        ep = torch.export.export(model.eval(), (example_input,), dynamic_shapes=dyn).run_decompositions({})
+    shape = (b, n) if samples_range is None else (b, ct.RangeDim(samples_range[0], samples_range[1], default=n))
     if frontend_fp32:
         precision = ct.transform.FP16ComputePrecision(op_selector=_fp32_frontend_selector())
         in_type = ct.TensorType(name=input_name, shape=shape, dtype=np.float32)
@@ -154,10 +163,15 @@ def export_coreml(model, example_input, path, *, input_name: str = "audio",
     mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
                          compute_precision=precision, inputs=[in_type],
                          outputs=[ct.TensorType(name=output_name)])
+    for k, v in sorted((metadata or {}).items()):
+        mlmodel.user_defined_metadata[k] = v
+    if metadata and "classes" in metadata:
+        mlmodel.output_description[output_name] = "logits in the order of the classes " + metadata["classes"]
     _atomic_save_dir(mlmodel, path)
     return {"path": str(path), "route": "direct-quantized_decomposed",
             "minimum_deployment_target": "iOS17",
-            "frontend_precision": "fp32" if frontend_fp32 else "fp16"}
+            "frontend_precision": "fp32" if frontend_fp32 else "fp16",
+            "samples_range": list(samples_range) if samples_range else None}
 
 
 def _shape(feature) -> list[int]:
@@ -165,7 +179,8 @@ def _shape(feature) -> list[int]:
 
 
 def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_name: str,
-                      n_classes: int, frontend_ops_allowed: int | None = None) -> dict:
+                      n_classes: int, frontend_ops_allowed: int | None = None,
+                      samples_range: tuple[int, int] | None = None) -> dict:
     """Static W8A8 check of a saved ``.mlpackage`` (no Core ML runtime needed).
 
     Violations: interface (names, shapes, spec version >= iOS17); no activation quantize
@@ -185,6 +200,11 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
         v.append(f"input: expected name {input_name!r}, found {sorted(ins)}")
     elif _shape(ins[input_name]) != list(input_shape):
         v.append(f"input {input_name!r}: shape {_shape(ins[input_name])} != {list(input_shape)}")
+    elif samples_range is not None:
+        ranges = ins[input_name].type.multiArrayType.shapeRange.sizeRanges
+        got = (int(ranges[1].lowerBound), int(ranges[1].upperBound)) if len(ranges) > 1 else None
+        if got != tuple(samples_range):
+            v.append(f"input {input_name!r}: samples range {got} != flexible {tuple(samples_range)}")
     want_out = [int(input_shape[0]), int(n_classes)]
     if output_name not in outs:
         v.append(f"output: expected name {output_name!r}, found {sorted(outs)}")

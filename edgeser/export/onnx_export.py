@@ -14,8 +14,30 @@ from edgeser.quiet import quiet
 INPUT, OUTPUT = "audio", "logits"
 
 
-def _dynamic(static_batch: int | None):
-    return None if static_batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
+def min_samples(model) -> int:
+    """The shortest input a student graph takes: one analysis frame (its DFT kernel)."""
+    return int(model.frontend.dft.kernel_size[0])
+
+
+def _dynamic(static_batch: int | None, model=None):
+    """Static targets (QNN HTP) get a fixed batch and length. Otherwise any batch and any length from one
+    analysis frame up to MAX_SECONDS (the runtime then takes 1 s, 6 s or 30 s clips as they come)."""
+    from edgeser.export.artifact_meta import MAX_SECONDS
+
+    if static_batch:
+        return None
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if model is not None:
+        dims[1] = torch.export.Dim("samples", min=min_samples(model), max=16000 * MAX_SECONDS)
+    return (dims,)
+
+
+def size_oblivious():
+    """torch.export treats a dynamic size of 1 as special and adds guards "frames != 1" after every strided
+    conv; reasoning size-obliviously drops them, so one analysis frame is a valid input."""
+    import torch.fx.experimental._config as fx_config
+
+    return fx_config.patch(backed_size_oblivious=True)
 
 
 def example_batch(samples: int, static_batch: int | None) -> torch.Tensor:
@@ -23,12 +45,19 @@ def example_batch(samples: int, static_batch: int | None) -> torch.Tensor:
     return torch.randn(static_batch or 2, samples, generator=g) * 0.1  # batch >= 2 for a dynamic dim
 
 
-def export_onnx(model, samples: int, path, *, opset: int = 18, static_batch: int | None = None) -> None:
+def export_onnx(model, samples: int, path, *, opset: int = 18, static_batch: int | None = None,
+                meta: dict | None = None) -> None:
+    """meta: metadata_props (edgeser.export.artifact_meta.describe), written before the file appears."""
+    from edgeser.export.artifact_meta import write_onnx_metadata
+
     model = model.eval()
     x = example_batch(samples, static_batch)
-    with quiet(), atomic_path(path) as tmp:
+    dyn = _dynamic(static_batch, model if hasattr(model, "frontend") else None)
+    with quiet(), size_oblivious(), atomic_path(path) as tmp:
         torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=_dynamic(static_batch))
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=dyn)
+        if meta:
+            write_onnx_metadata(tmp, meta)
 
 
 _MANGLE = re.compile(rb"___torch_mangle_(\d+)")
@@ -64,32 +93,35 @@ def reproducible_torchscript(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def _trace_to_bytes(model, samples: int) -> bytes:
+def _trace_to_bytes(model, samples: int, meta: dict | None = None) -> bytes:
     import edgeser.quant.ops  # noqa: F401  (the int8 graphs' Q/DQ ops, in a fresh process)
+    from edgeser.export.artifact_meta import extra_files
 
     x = example_batch(samples, None)
     with quiet(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), (x,), check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
+        torch.jit.save(traced, buf, _extra_files=extra_files(meta) if meta else None)
     return reproducible_torchscript(buf.getvalue())
 
 
-def export_torchscript(model, samples: int, path) -> None:
+def export_torchscript(model, samples: int, path, meta: dict | None = None) -> None:
     """Traced in a fresh process: TorchScript names a class's second and later types in a process with a
     global counter, so a second trace in the same process would give other bytes for the same model."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        data = pool.submit(_trace_to_bytes, model, samples).result()
+        data = pool.submit(_trace_to_bytes, model, samples, meta).result()
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def export_pt2(model, samples: int, path, *, static_batch: int | None = None) -> None:
+def export_pt2(model, samples: int, path, *, static_batch: int | None = None, meta: dict | None = None) -> None:
+    from edgeser.export.artifact_meta import extra_files
+
     x = example_batch(samples, static_batch)
-    with quiet(), atomic_path(path) as tmp:
-        ep = torch.export.export(model.eval(), (x,), dynamic_shapes=_dynamic(static_batch))
+    with quiet(), size_oblivious(), atomic_path(path) as tmp:
+        ep = torch.export.export(model.eval(), (x,), dynamic_shapes=_dynamic(static_batch, model))
         with open(tmp, "wb") as f:
-            torch.export.save(ep, f)
+            torch.export.save(ep, f, extra_files=extra_files(meta) if meta else None)

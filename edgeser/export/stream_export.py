@@ -7,7 +7,8 @@
     STREAM_DIR/stream.json    sample rate, frame and hop lengths, classes, default window and hop
 
 Each frame depends only on its own samples, so a stream computes every frame once and overlapping windows share
-it (`edgeser stream`). body(frontend(x)) is the onnx-int8 graph; verification checks it against the QAT model.
+it (`edgeser stream`). The front-end levels each call's audio by its own peak before the INT8 DFT and restores
+the level after the log, so frames computed in different calls are on one scale and a window is level-invariant. body(frontend(x)) is the onnx-int8 graph; verification checks it against the QAT model.
 Both graphs take any batch and any length.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeser.export.onnx_export import example_batch
+from edgeser.export.onnx_export import example_batch, size_oblivious
 from edgeser.fileio import atomic_path
 from edgeser.quiet import quiet
 
@@ -64,7 +65,8 @@ def stream_config(q, classes: list[str], clip_samples: int, sr: int = 16000) -> 
             "inputs": {"frontend": "audio", "body": FRAMES}, "outputs": {"frontend": FRAMES, "body": "logits"}}
 
 
-def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, opset: int = 18) -> dict:
+def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, opset: int = 18,
+                  meta: dict | None = None) -> dict:
     """Write the folder atomically (temp folder, then rename): a crash never leaves half of it."""
     qexport = qexport.eval()
     x = example_batch(samples, None)
@@ -74,7 +76,7 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
     n_samples = torch.export.Dim("samples", min=qexport.frontend.dft.kernel_size[0], max=16000 * 3600)
     n_frames = torch.export.Dim("frames", min=4, max=200_000)
     cfg = stream_config(qexport, classes, samples)
-    with quiet(), atomic_path(out_dir) as tmp:
+    with quiet(), size_oblivious(), atomic_path(out_dir) as tmp:
         tmp.mkdir()
         torch.onnx.export(StreamFrontend(qexport), (x,), str(tmp / FRONTEND), dynamo=True, external_data=False,
                           opset_version=opset, input_names=["audio"], output_names=[FRAMES],
@@ -87,5 +89,11 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
                           external_data=False, opset_version=opset, input_names=["audio", "cached"],
                           output_names=["logits", FRAMES],
                           dynamic_shapes=({0: batch, 1: n_samples}, {0: batch, 2: n_cached}))
+        if meta:
+            from edgeser.export.artifact_meta import write_onnx_metadata
+
+            for name in (FRONTEND, BODY, STEP):
+                write_onnx_metadata(tmp / name, meta | {"stream_part": name})
+            cfg["metadata"] = meta
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return cfg

@@ -6,12 +6,14 @@ import copy
 import torch
 from torch import nn
 
+from edgeser.models.frontend import level_frames
 from edgeser.models.student import Student
 from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear
 
 
 class QuantFrontend(nn.Module):
-    """The log-mel front-end with its DFT conv in INT8 (W8A8); power, mel, log and scaling stay float."""
+    """The log-mel front-end with its DFT conv in INT8 (W8A8); the peak level, power, mel, log and scaling stay
+    float. The input quantiser sees the peak-levelled waveform (LogMel.frames), so its scale fits every level."""
 
     def __init__(self, fe):
         super().__init__()
@@ -27,7 +29,7 @@ class QuantFrontend(nn.Module):
 
     def frames(self, wav):
         """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches."""
-        return self.fe.log_power(self.dft_q(self.dft(self.in_q(wav.unsqueeze(1)))))
+        return level_frames(wav, lambda x: self.dft_q(self.dft(self.in_q(x.unsqueeze(1)))), self.fe.log_power)
 
 
 class QuantStudent(nn.Module):

@@ -1,12 +1,17 @@
 """Stage 6: export the QAT student (and the pruned FP32 student) to every format the recipe asks for."""
 from __future__ import annotations
 
+import json
 import traceback
 
-from edgeser.export.onnx_export import INPUT, OUTPUT, example_batch, export_onnx, export_pt2, export_torchscript
+from edgeser.export.artifact_meta import MAX_SECONDS, describe, write_side_file
+from edgeser.export.onnx_export import (INPUT, OUTPUT, example_batch, export_onnx, export_pt2, export_torchscript,
+                                        min_samples)
 from edgeser.quiet import quiet
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
+
+TRT_MAX_SECONDS = 30  # TensorRT's max profile length: memory is planned for it, so not MAX_SECONDS
 
 # name -> (file name, precision, reference model the artifact must agree with)
 ARTIFACT_SPECS = {
@@ -25,14 +30,31 @@ ARTIFACT_SPECS = {
 }
 
 
-def _coreml(ctx, qexport, samples, path):
+def artifact_meta(ctx, model, samples: int) -> dict:
+    """What every artifact of this run records about itself (edgeser.export.artifact_meta)."""
+    from edgeser.resume import package_version
+
+    static = bool(ctx.target.static_batch)
+    return describe(classes=ctx.corpus.classes, sample_rate=ctx.recipe.data.sample_rate,
+                    min_samples=min_samples(model), max_samples=ctx.recipe.data.sample_rate * MAX_SECONDS,
+                    fixed_samples=samples if static else None, batch=ctx.target.static_batch,
+                    recipe_json=ctx.recipe.model_dump(mode="json"), version=package_version())
+
+
+def _samples_range(ctx, model) -> tuple[int, int] | None:
+    return None if ctx.target.static_batch else (min_samples(model), ctx.recipe.data.sample_rate * MAX_SECONDS)
+
+
+def _coreml(ctx, qexport, samples, path, meta):
+    rng = _samples_range(ctx, qexport)
     with quiet():  # coremltools prints import warnings and per-pass progress bars
         from edgeser.export.coreml import check_coreml_spec, coreml_predict_available, export_coreml
 
         x = example_batch(samples, ctx.target.static_batch or 1)
-        info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT)
+        info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT, samples_range=rng,
+                             metadata=meta)
     spec = check_coreml_spec(path, input_name=INPUT, input_shape=tuple(x.shape), output_name=OUTPUT,
-                             n_classes=len(ctx.corpus.classes))
+                             n_classes=len(ctx.corpus.classes), samples_range=rng)
     ok, reason = coreml_predict_available()
     status = ("exported" if ok else "skipped") if spec["passed"] else "failed"
     reason = reason if spec["passed"] else "CoreML spec check failed: " + "; ".join(spec["violations"][:5])
@@ -50,16 +72,21 @@ def _qnn(ctx):
     return {"status": "exported" if ok else "skipped", "reason": None if ok else why}
 
 
-def _tensorrt(ctx, onnx_int8, samples, path):
+def _tensorrt(ctx, qexport, onnx_int8, samples, path, meta):
     from edgeser.export.tensorrt import build_engine, check_tensorrt_rules, tensorrt_available, write_trtexec_script
 
     rules = check_tensorrt_rules(onnx_int8)
     b = ctx.target.static_batch
-    shapes = dict(input_name=INPUT, min_shape=(b or 1, samples), opt_shape=(b or 1, samples),
-                  max_shape=(b or 32, samples))
+    # the optimisation profile: one analysis frame .. TRT_MAX_SECONDS, tuned for the training clip length
+    lo, hi = _samples_range(ctx, qexport) or (samples, samples)
+    hi = min(hi, ctx.recipe.data.sample_rate * TRT_MAX_SECONDS) if not b else hi
+    shapes = dict(input_name=INPUT, min_shape=(b or 1, lo), opt_shape=(b or 1, samples), max_shape=(b or 8, hi))
     script = path.parent / "build_engine.sh"
     cmd = write_trtexec_script(onnx_int8, script, **shapes)
-    checks = {"tensorrt_rules": rules, "trtexec_script": str(script.relative_to(ctx.run_dir)), "trtexec": cmd}
+    side = write_side_file(path, meta | {"tensorrt_profile": json.dumps({k: list(v) for k, v in shapes.items()
+                                                                         if k != "input_name"})})
+    checks = {"tensorrt_rules": rules, "trtexec_script": str(script.relative_to(ctx.run_dir)), "trtexec": cmd,
+              "metadata_file": str(side.relative_to(ctx.run_dir))}
     if not rules["passed"]:
         return {"status": "failed", "reason": f"{len(rules['violations'])} TensorRT rule violation(s)",
                 "checks": checks}
@@ -71,24 +98,27 @@ def _tensorrt(ctx, onnx_int8, samples, path):
     return {"status": "exported", "reason": None, "checks": checks}
 
 
-def _ptq(ctx, fp32, onnx_fp32, samples, path):
+def _ptq(ctx, fp32, onnx_fp32, samples, path, meta):
+    from edgeser.export.artifact_meta import write_onnx_metadata
     from edgeser.export.ptq import ptq_quantize
 
     if not onnx_fp32.exists():
-        export_onnx(fp32, samples, onnx_fp32, opset=ctx.recipe.export.opset, static_batch=ctx.target.static_batch)
+        export_onnx(fp32, samples, onnx_fp32, opset=ctx.recipe.export.opset, static_batch=ctx.target.static_batch,
+                    meta=meta)
     calib = ctx.corpus.splits["train"].x[: ctx.recipe.export.ptq_calib_clips].numpy()
     with quiet():
         info = ptq_quantize(onnx_fp32, path, calib)
+    write_onnx_metadata(path, meta)
     return {"checks": {"ptq": info}}
 
 
-def _stream(ctx, qexport, samples, path):
+def _stream(ctx, qexport, samples, path, meta):
     from edgeser.export.stream_export import export_stream
 
     if ctx.target.static_batch:
         return {"status": "skipped", "reason": "the streaming graphs have dynamic lengths; this target needs "
                                                "static shapes", "path": None}
-    cfg = export_stream(qexport, ctx.corpus.classes, samples, path, opset=ctx.recipe.export.opset)
+    cfg = export_stream(qexport, ctx.corpus.classes, samples, path, opset=ctx.recipe.export.opset, meta=meta)
     return {"checks": {"stream": {k: cfg[k] for k in ("frame_samples", "hop_samples", "n_mels")}}}
 
 
@@ -103,19 +133,20 @@ def run(ctx: Context) -> dict:
     onnx_int8 = out / ARTIFACT_SPECS["onnx-int8"][0]
     need_int8_onnx = "onnx-int8" in fmts or "tensorrt" in fmts or "qnn-htp" in fmts
     onnx_fp32 = out / ARTIFACT_SPECS["onnx-fp32"][0]
+    meta = artifact_meta(ctx, qexport, samples)
     builders = {
-        "torchscript": lambda p: export_torchscript(qexport, samples, p),
-        "pt2": lambda p: export_pt2(qexport, samples, p, static_batch=sb),
-        "onnx-fp32": lambda p: export_onnx(fp32, samples, p, opset=opset, static_batch=sb),
-        "onnx-int8": lambda p: export_onnx(qexport, samples, p, opset=opset, static_batch=sb),
-        "onnx-int8-stream": lambda p: _stream(ctx, qexport, samples, p),
-        "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p),
-        "coreml": lambda p: _coreml(ctx, qexport, samples, p),
-        "tensorrt": lambda p: _tensorrt(ctx, onnx_int8, samples, p),
+        "torchscript": lambda p: export_torchscript(qexport, samples, p, meta),
+        "pt2": lambda p: export_pt2(qexport, samples, p, static_batch=sb, meta=meta),
+        "onnx-fp32": lambda p: export_onnx(fp32, samples, p, opset=opset, static_batch=sb, meta=meta),
+        "onnx-int8": lambda p: export_onnx(qexport, samples, p, opset=opset, static_batch=sb, meta=meta),
+        "onnx-int8-stream": lambda p: _stream(ctx, qexport, samples, p, meta),
+        "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p, meta),
+        "coreml": lambda p: _coreml(ctx, qexport, samples, p, meta),
+        "tensorrt": lambda p: _tensorrt(ctx, qexport, onnx_int8, samples, p, meta),
         "qnn-htp": lambda p: _qnn(ctx),
     }
     if need_int8_onnx and "onnx-int8" not in fmts:
-        export_onnx(qexport, samples, onnx_int8, opset=opset, static_batch=sb)
+        export_onnx(qexport, samples, onnx_int8, opset=opset, static_batch=sb, meta=meta)
     records = []
     order = [f for f in ARTIFACT_SPECS if f in fmts]
     task = ctx.progress.add_task("export", total=len(order)) if ctx.progress else None
