@@ -5,6 +5,7 @@ import contextlib
 import copy
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,8 +34,23 @@ def predict(model, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def predict_split(model, split, batch_size: int = 64) -> torch.Tensor:
+    """Logits of a split: its whole utterances when it has them (equal lengths batched), else its clips."""
+    if getattr(split, "full", None) is None:
+        return predict(model, split.x, batch_size)
+    out: list = [None] * len(split.full)
+    by_len: dict[int, list[int]] = {}
+    for i, w in enumerate(split.full):
+        by_len.setdefault(len(w), []).append(i)
+    for idx in by_len.values():
+        logits = predict(model, torch.from_numpy(np.stack([split.full[i] for i in idx])), batch_size)
+        for i, row in zip(idx, logits):
+            out[i] = row
+    return torch.stack(out)
+
+
 def evaluate(model, split, classes) -> dict:
-    logits = predict(model, split.x)
+    logits = predict_split(model, split)
     return classification_metrics(split.y.numpy(), logits.argmax(1).numpy(), classes)
 
 

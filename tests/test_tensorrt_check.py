@@ -173,3 +173,18 @@ def test_build_engine(tmp_path, good_onnx):
     ref = ort.InferenceSession(str(src)).run(None, {"audio": x})[0]
     assert got.shape == ref.shape and (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
+
+
+def test_dynamic_length_needs_a_covering_profile(good_onnx):
+    """A dynamic time axis is legal only with an optimisation profile that spans it (min <= opt <= max)."""
+    m = copy.deepcopy(good_onnx)
+    inp = m.graph.input[0]
+    for i, d in enumerate(inp.type.tensor_type.shape.dim):
+        d.dim_param = f"d{i}"
+    assert _rules(m, inp.name) == {"dynamic_input"}  # no profile: only the batch may be dynamic
+    ok = {"min_shape": (1, 801), "opt_shape": (1, 32000), "max_shape": (8, 480000)}
+    assert not [v for v in check_tensorrt_rules(m, profile=ok)["violations"] if v["node"] == inp.name]
+    bad = {"min_shape": (1, 32000), "opt_shape": (1, 801), "max_shape": (8, 480000)}
+    assert {v["rule"] for v in check_tensorrt_rules(m, profile=bad)["violations"] if v["node"] == inp.name} == {"dynamic_input"}
+    short = {"min_shape": (1,), "opt_shape": (1,), "max_shape": (1,)}
+    assert check_tensorrt_rules(m, profile=short)["violations"][0]["detail"].startswith("profile rank")

@@ -18,6 +18,9 @@ class Split:
     x: torch.Tensor  # (N, samples) float32 in [-1, 1]
     y: torch.Tensor  # (N,) int64
     speakers: list[str]
+    # whole utterances (each its own length) when the corpus has variable lengths: val and test are scored on
+    # these, so figures compare with published per-utterance results; training uses x (clip_seconds crops)
+    full: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -51,10 +54,12 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     splits = {}
     done = 0
     for name, its in parts.items():
-        xs, ys, spk = [], [], []
+        xs, ys, spk, raw = [], [], [], []
         for it in its:
             try:
-                xs.append(fix_length(load_audio(it.path, cfg.sample_rate), n))
+                wav = load_audio(it.path, cfg.sample_rate)
+                xs.append(fix_length(wav, n))
+                raw.append(wav if name != "train" else None)
                 ys.append(classes.index(it.label))
                 spk.append(it.speaker)
             except BadAudio as e:
@@ -66,5 +71,38 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
                 on_file(done, len(items))
         if not xs:
             raise RecipeError(f"data: the {name} split has no usable audio")
-        splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk)
+        variable = name != "train" and any(len(w) != n for w in raw)
+        splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk, raw if variable else None)
     return Corpus(classes, splits, skipped)
+
+
+def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=None) -> tuple[Split, Counter]:
+    """EVERY row of a manifest as one evaluation split, in the trained model's class order (`edgeser verify
+    --data`): no speaker split, no re-ordering of classes. Labels go through data.label_map; a row whose label is
+    not one of `classes`, and bad or missing audio, is skipped and counted by reason. Returns (split, skipped)."""
+    items = read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)
+    if not classes:
+        raise RecipeError(f"{manifest_path}: the run records no class names (stages/data/metrics.json 'classes')")
+    n = int(cfg.clip_seconds * cfg.sample_rate)
+    skipped: Counter = Counter()
+    xs, ys, spk = [], [], []
+    for i, it in enumerate(items, start=1):
+        label = cfg.label_map.get(it.label, it.label)
+        if label not in classes:
+            skipped["label not in the run's classes"] += 1
+        else:
+            try:
+                xs.append(fix_length(load_audio(it.path, cfg.sample_rate), n))
+                ys.append(classes.index(label))
+                spk.append(it.speaker)
+            except BadAudio as e:
+                skipped[e.reason] += 1
+            except FileNotFoundError:
+                skipped["missing file"] += 1
+        if on_file:
+            on_file(i, len(items))
+    if not xs:
+        why = ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
+        raise RecipeError(f"{manifest_path}: no usable clip among {len(items)} row(s) ({why}; classes: "
+                          f"{', '.join(classes)})")
+    return Split(x=torch.from_numpy(np.stack(xs)), y=torch.tensor(ys), speakers=spk), skipped

@@ -71,20 +71,34 @@ def _weight_axis(consumer, rank: int) -> int:
     return 0  # Conv
 
 
-def _check_input(inp) -> list[dict]:
-    """Graph inputs need a known rank; only dim 0 (batch) may be dynamic."""
+def _check_input(inp, profile: dict | None = None) -> list[dict]:
+    """Graph inputs need a known rank. Without an optimisation profile only dim 0 (batch) may be dynamic; with
+    one ({"min_shape", "opt_shape", "max_shape"}), every dynamic dim must be covered by min <= opt <= max and
+    every static dim must equal the profile's."""
     tt = inp.type.tensor_type
     v = {"node": inp.name, "op": "graph_input", "rule": "dynamic_input"}
     if not tt.HasField("shape"):
         return [{**v, "detail": "input has no shape (unknown rank)"}]
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-    bad = [i for i, d in enumerate(dims) if i > 0 and not isinstance(d, int)]
-    if bad:
-        return [{**v, "detail": f"shape {dims}: dims {bad} are dynamic (only the batch dim may be)"}]
-    return []
+    if profile is None:
+        bad = [i for i, d in enumerate(dims) if i > 0 and not isinstance(d, int)]
+        if bad:
+            return [{**v, "detail": f"shape {dims}: dims {bad} are dynamic (only the batch dim may be, "
+                                    "unless an optimisation profile covers them)"}]
+        return []
+    lo, opt, hi = (list(profile[k]) for k in ("min_shape", "opt_shape", "max_shape"))
+    if not len(lo) == len(opt) == len(hi) == len(dims):
+        return [{**v, "detail": f"profile rank {len(lo)} != input rank {len(dims)}"}]
+    out = []
+    for i, d in enumerate(dims):
+        if not lo[i] <= opt[i] <= hi[i]:
+            out.append({**v, "detail": f"profile dim {i}: not min {lo[i]} <= opt {opt[i]} <= max {hi[i]}"})
+        elif isinstance(d, int) and d > 0 and not lo[i] == opt[i] == hi[i] == d:
+            out.append({**v, "detail": f"static dim {i} = {d} but the profile spans {lo[i]}..{hi[i]}"})
+    return out
 
 
-def check_tensorrt_rules(onnx_path) -> dict:
+def check_tensorrt_rules(onnx_path, profile: dict | None = None) -> dict:
     """Static check of a QDQ ONNX against TensorRT 10 explicit-quantization rules.
 
     Returns ``{"passed", "violations": [{"node", "op", "rule", "detail"}], "checked"}``.
@@ -163,7 +177,7 @@ def check_tensorrt_rules(onnx_path) -> dict:
     for inp in g.input:
         if inp.name not in consts:
             counts["inputs"] += 1
-            out += _check_input(inp)
+            out += _check_input(inp, profile)
     counts["op_types"] = sorted({n.op_type for n in g.node})
     return {"passed": not out, "violations": out, "checked": counts}
 

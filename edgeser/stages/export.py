@@ -75,12 +75,12 @@ def _qnn(ctx):
 def _tensorrt(ctx, qexport, onnx_int8, samples, path, meta):
     from edgeser.export.tensorrt import build_engine, check_tensorrt_rules, tensorrt_available, write_trtexec_script
 
-    rules = check_tensorrt_rules(onnx_int8)
     b = ctx.target.static_batch
     # the optimisation profile: one analysis frame .. TRT_MAX_SECONDS, tuned for the training clip length
     lo, hi = _samples_range(ctx, qexport) or (samples, samples)
     hi = min(hi, ctx.recipe.data.sample_rate * TRT_MAX_SECONDS) if not b else hi
     shapes = dict(input_name=INPUT, min_shape=(b or 1, lo), opt_shape=(b or 1, samples), max_shape=(b or 8, hi))
+    rules = check_tensorrt_rules(onnx_int8, profile=shapes)
     script = path.parent / "build_engine.sh"
     cmd = write_trtexec_script(onnx_int8, script, **shapes)
     side = write_side_file(path, meta | {"tensorrt_profile": json.dumps({k: list(v) for k, v in shapes.items()
