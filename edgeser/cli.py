@@ -84,7 +84,8 @@ def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
 def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compress` run folder"),
            artifact: Optional[str] = typer.Option(None, "--artifact", help="check only this artifact"),
            junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML here"),
-           data: Optional[Path] = typer.Option(None, "--data", help="manifest CSV of the held-out data"),
+           data: Optional[Path] = typer.Option(None, "--data", help="manifest CSV (path,label,speaker): score EVERY "
+                                               "row, and the teacher on the same clips"),
            set_: Optional[List[str]] = SET):
     """Re-check exported artifacts in CI: sha256 against manifest.json, accuracy, agreement, latency and
     size gates on the held-out split. Exit 0 all pass, 1 a gate failed or a file changed, 2 bad input."""
@@ -96,14 +97,33 @@ def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compres
         result = verify_run(run_dir, artifact=artifact, data=data, sets=set_ or [])
     except RecipeError as e:
         _bad_input(str(e))
+    clips = result["clips"]
+    skipped = sum(clips["skipped"].values())
+    why = f": {', '.join(f'{n} {k}' for k, n in sorted(clips['skipped'].items()))}" if skipped else ""
+    if clips["split"] == "every row":
+        console.print(f"scored {clips['scored']} clips: every usable row of {escape(clips['source'])} "
+                      f"({skipped} skipped{escape(why)})", highlight=False)
+    else:
+        console.print(f"scored {clips['scored']} clips: the held-out speakers ({escape(', '.join(clips['speakers']))}) of "
+                      f"{escape(clips['source'])} ({skipped} skipped in the whole manifest{escape(why)})", highlight=False)
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning[/]: {escape(w)}", highlight=False)
     for c in result["checks"]:
         mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
         limit = f" (limit {c['limit']})" if "limit" in c else ""
-        console.print(f"{mark} {escape(c['name'])}: {escape(str(c['value']))}{escape(limit)}")
+        ci = f" [95% CI {c['ci'][0]:.4g}, {c['ci'][1]:.4g}]" if c.get("ci") else ""
+        console.print(f"{mark} {escape(c['name'])}: {escape(str(c['value']))}{escape(ci)}{escape(limit)}")
+    t = result["teacher"]
+    console.print(f"teacher on the same {t['n']} clips: UA {100 * t['ua']:.1f}% "
+                  f"[{100 * t['ua_ci'][0]:.1f}, {100 * t['ua_ci'][1]:.1f}]", highlight=False)
     for a in result["artifacts"]:
         if a["status"] == "verified":
-            console.print(f"{a['name']}: UA {100 * a['ua']:.1f}%, agreement {100 * a['agreement']:.1f}%, "
-                          f"p95 {a['latency_ms']['p95']:.2f} ms")
+            lo, hi = a["ua_ci"]
+            dlo, dhi = a["ua_drop_ci_pt"]
+            console.print(f"{a['name']}: UA {100 * a['ua']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] on {a['n']} clips, "
+                          f"drop vs teacher {a['ua_drop_pt']:.1f} pt [{dlo:.1f}, {dhi:.1f}], "
+                          f"agreement {100 * a['agreement']:.1f}% vs {a.get('reference')}, "
+                          f"p95 {a['latency_ms']['p95']:.2f} ms", highlight=False)
     if junit is not None:
         write_junit(junit, result)
         console.print(f"junit: {junit}")

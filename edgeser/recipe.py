@@ -211,6 +211,12 @@ class Verify(_Section):
     min_agreement: float = Field(0.95, ge=0, le=1)
     gate_artifacts: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: ["onnx-int8"])  # type: ignore[valid-type]
     latency_runs: int = Field(50, ge=3, le=100_000)
+    # Each gated artifact's UA must reach min_ua with 95 % confidence: the gate compares the LOWER end of the
+    # UA's bootstrap interval on the held-out clips, so a near-chance model cannot pass on a lucky small split
+    # (48.8 % UA on 17 clips has an interval reaching down to chance). None (default) = chance + 0.10, i.e.
+    # 1/k + 0.10 for k classes (0.35 for 4 classes, 0.60 for 2): a margin that only a model that learned
+    # something clears, without presuming what a good UA is for a given corpus. 0 switches the gate off.
+    min_ua: float | None = Field(None, ge=0, le=1)
 
 
 class Stream(_Section):

@@ -60,11 +60,24 @@ def _read_json(path: Path, what: str) -> dict:
         raise RecipeError(f"{path}: unreadable {what}: {e}") from None
 
 
+def run_path(run_dir: Path, recorded: str) -> Path:
+    """A path the run folder recorded (edgeser/stages/data.py recorded_path): an absolute one as is, else
+    relative to the run folder, wherever that folder now lies and whatever the working folder. Runs recorded
+    before that held paths relative to where `compress` ran: such a path is used when it exists from here and
+    the run folder has nothing under that name."""
+    p = Path(recorded)
+    if p.is_absolute():
+        return p
+    inside = Path(run_dir) / p
+    return p if not inside.exists() and p.exists() else inside
+
+
 def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None = None,
                sets: list[str] | None = None, progress=None) -> dict:
     """Re-check a finished run: artifact hashes against manifest.json, then every runnable artifact re-run
-    on the held-out split with the recipe's gates (overridable with --set). Raises RecipeError on bad input."""
-    from edgeser.data.dataset import load_corpus
+    with the recipe's gates (overridable with --set) on the held-out split of the run's own corpus, or on EVERY
+    row of `data` (a manifest CSV) when given. Raises RecipeError on bad input."""
+    from edgeser.data.dataset import load_corpus, load_eval_set
     from edgeser.recipe import RecipeError, validate
     from edgeser.stages.verify import verify_records
 
@@ -79,16 +92,32 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
     tampered = {h["name"][len("sha256 ["):-1] for h in hashes if not h["passed"]}
     stage = {s: _read_json(run_dir / "stages" / s / "metrics.json", f"{s} metrics")
              for s in ("data", "teacher", "prune", "qat", "export")}
-    manifest_csv = Path(data) if data is not None else Path(stage["data"]["manifest"])
-    if not manifest_csv.is_file():
-        raise RecipeError(f"--data: manifest not found: {manifest_csv}")
-    corpus = load_corpus(manifest_csv, recipe.data)
+    data_cfg = recipe.data
+    if stage["data"].get("root"):  # recorded resolvable by the data stage; the recipe's may be relative to elsewhere
+        data_cfg = data_cfg.model_copy(update={"root": run_path(run_dir, stage["data"]["root"])})
+    if data is not None:
+        classes = stage["data"].get("classes")  # the trained models' output order
+        test, skipped = load_eval_set(Path(data), data_cfg, classes)
+        clips = {"source": str(data), "split": "every row", "scored": int(len(test.y)), "skipped": dict(skipped)}
+    else:
+        recorded = stage["data"].get("manifest")
+        if not recorded:
+            raise RecipeError(f"{run_dir / 'stages/data/metrics.json'}: records no data manifest; pass the held-out "
+                              "data with --data FILE")
+        manifest_csv = run_path(run_dir, recorded)
+        if not manifest_csv.is_file():
+            raise RecipeError(f"the data manifest this run recorded, {recorded!r}, is not at {manifest_csv} (relative "
+                              f"paths are read from the run folder {run_dir}); pass the held-out data with --data FILE")
+        corpus = load_corpus(manifest_csv, data_cfg)
+        classes, test = corpus.classes, corpus.splits["test"]
+        clips = {"source": str(manifest_csv), "split": "held-out speakers", "scored": int(len(test.y)),
+                 "skipped": dict(corpus.skipped), "speakers": sorted(set(test.speakers))}
     records = [r for r in stage["export"]["artifacts"]
                if (artifact is None or r["name"] == artifact) and r["name"] not in tampered]
-    out = verify_records(run_dir, recipe, corpus.splits["test"], corpus.classes, records, stage, progress)
+    out = verify_records(run_dir, recipe, test, classes, records, stage, progress)
     checks = hashes + out["gates"]
     return {"checks": checks, "artifacts": out["artifacts"], "passed": all(c["passed"] for c in checks),
-            "tampered": sorted(tampered)}
+            "tampered": sorted(tampered), "teacher": out["teacher"], "warnings": out["warnings"], "clips": clips}
 
 
 def write_junit(path: Path, result: dict) -> None:

@@ -79,20 +79,23 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
 def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=None) -> tuple[Split, Counter]:
     """EVERY row of a manifest as one evaluation split, in the trained model's class order (`edgeser verify
     --data`): no speaker split, no re-ordering of classes. Labels go through data.label_map; a row whose label is
-    not one of `classes`, and bad or missing audio, is skipped and counted by reason. Returns (split, skipped)."""
+    not one of `classes`, and bad or missing audio, is skipped and counted by reason. Like load_corpus's test
+    split, it keeps whole utterances (Split.full) when lengths vary. Returns (split, skipped)."""
     items = read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)
     if not classes:
         raise RecipeError(f"{manifest_path}: the run records no class names (stages/data/metrics.json 'classes')")
     n = int(cfg.clip_seconds * cfg.sample_rate)
     skipped: Counter = Counter()
-    xs, ys, spk = [], [], []
+    xs, ys, spk, raw = [], [], [], []
     for i, it in enumerate(items, start=1):
         label = cfg.label_map.get(it.label, it.label)
         if label not in classes:
             skipped["label not in the run's classes"] += 1
         else:
             try:
-                xs.append(fix_length(load_audio(it.path, cfg.sample_rate), n))
+                wav = load_audio(it.path, cfg.sample_rate)
+                xs.append(fix_length(wav, n))
+                raw.append(wav)
                 ys.append(classes.index(label))
                 spk.append(it.speaker)
             except BadAudio as e:
@@ -105,4 +108,5 @@ def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=N
         why = ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
         raise RecipeError(f"{manifest_path}: no usable clip among {len(items)} row(s) ({why}; classes: "
                           f"{', '.join(classes)})")
-    return Split(x=torch.from_numpy(np.stack(xs)), y=torch.tensor(ys), speakers=spk), skipped
+    full = raw if any(len(w) != n for w in raw) else None  # whole utterances, as load_corpus keeps for test
+    return Split(x=torch.from_numpy(np.stack(xs)), y=torch.tensor(ys), speakers=spk, full=full), skipped

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from edgeser import distributed as dist
 from edgeser.data.dataset import load_corpus
@@ -44,4 +46,16 @@ def run(ctx: Context) -> dict:
     if ctx.progress:
         ctx.progress.remove_task(task)
     ctx.corpus = corpus
-    return ctx.finish("data", {"manifest": str(manifest), **corpus.summary()})
+    where = {"manifest": recorded_path(manifest, ctx.run_dir)}
+    if d.root is not None:  # the recipe's data.root is relative to where compress ran: record it as resolvable too
+        where["root"] = recorded_path(d.root, ctx.run_dir)
+    return ctx.finish("data", where | corpus.summary())
+
+
+def recorded_path(path, run_dir) -> str:
+    """A path as the run folder records it, so that it resolves from anywhere (edgeser/run_manifest.py
+    run_path): relative to the run folder when it lies inside it (the folder can move, or be downloaded by a
+    CI job, with its synthetic corpus), else absolute. Lexical (no symlink resolution): what lies under the
+    run folder as the user sees it travels with it."""
+    p, run = Path(os.path.abspath(path)), Path(os.path.abspath(run_dir))
+    return p.relative_to(run).as_posix() if p.is_relative_to(run) else str(p)

@@ -45,7 +45,15 @@ def _gate(name, limit, value, ok) -> dict:
     return {"name": name, "limit": limit, "value": value, "passed": ok}
 
 
-def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float) -> list[dict]:
+def min_ua_floor(cfg, n_classes: int) -> float:
+    """verify.min_ua, or its default: chance + 0.10 (see recipe.Verify)."""
+    return cfg.min_ua if cfg.min_ua is not None else round(1 / n_classes + 0.10, 4)
+
+
+def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float, n_classes: int) -> list[dict]:
+    """The recipe's gates. The UA drop is the artifact's paired drop against the teacher on the same clips
+    (a["ua_drop_pt"], set by verify_records), else teacher_ua - UA; min_ua is met when the lower end of the
+    artifact's UA interval (a["ua_ci"]) reaches it."""
     gates = []
     by_name = {a["name"]: a for a in artifacts}
     for a in artifacts:
@@ -54,15 +62,24 @@ def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float) -> list[dict]:
         if a["status"] == "verified" and a.get("role") != "baseline":  # a baseline is measured, not gated
             gates.append(_gate(f"agreement [{a['name']}]", cfg.min_agreement, a["agreement"],
                                a["agreement"] >= cfg.min_agreement))
+    floor = min_ua_floor(cfg, n_classes)
     for name in cfg.gate_artifacts:
         a = by_name.get(name)
         if a is None or a["status"] != "verified":
             why = "not exported" if a is None else f"{a['status']}: {a.get('reason')}"
             gates.append({"name": f"gated artifact [{name}]", "limit": "verified", "value": why, "passed": False})
             continue
+        ua_low = (a.get("ua_ci") or [a["ua"]])[0]
+        g = _gate(f"min_ua, UA 95% CI low [{name}]", floor, round(ua_low, 4), ua_low >= floor)
+        if a.get("ua_ci"):
+            g["ci"] = a["ua_ci"]
+        gates.append(g)
         if cfg.max_ua_drop_pt is not None:
-            drop = round((teacher_ua - a["ua"]) * 100, 2)
-            gates.append(_gate(f"UA drop vs teacher, pt [{name}]", cfg.max_ua_drop_pt, drop, drop <= cfg.max_ua_drop_pt))
+            drop = round(a["ua_drop_pt"] if a.get("ua_drop_pt") is not None else (teacher_ua - a["ua"]) * 100, 2)
+            g = _gate(f"UA drop vs teacher, pt [{name}]", cfg.max_ua_drop_pt, drop, drop <= cfg.max_ua_drop_pt)
+            if a.get("ua_drop_ci_pt"):
+                g["ci"] = a["ua_drop_ci_pt"]
+            gates.append(g)
         if cfg.max_latency_ms is not None:
             p95 = round(a["latency_ms"]["p95"], 3)
             gates.append(_gate(f"latency p95 ms [{name}]", cfg.max_latency_ms, p95, p95 <= cfg.max_latency_ms))
@@ -72,14 +89,45 @@ def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float) -> list[dict]:
     return gates
 
 
+def resolution_warnings(cfg, artifacts: list[dict], n: int) -> list[str]:
+    """What the held-out clips cannot tell apart: a UA-drop interval wider than the gate, an artifact that
+    beats its teacher (so the drop gate tests nothing), a runtime whose decisions changed between two passes."""
+    out = []
+    for a in artifacts:
+        if a["status"] != "verified" or a.get("ua_drop_ci_pt") is None:
+            continue
+        lo, hi = a["ua_drop_ci_pt"]
+        gated = a["name"] in cfg.gate_artifacts
+        if gated and cfg.max_ua_drop_pt is not None and (hi - lo) / 2 > cfg.max_ua_drop_pt:
+            out.append(f"{a['name']}: the UA drop's 95 % interval is [{lo:.1f}, {hi:.1f}] pt (±{(hi - lo) / 2:.1f}) "
+                       f"on {n} held-out clips, wider than the max_ua_drop_pt gate ({cfg.max_ua_drop_pt:g} pt): "
+                       "too few clips to resolve it; hold out more speakers or verify with --data")
+        if gated and cfg.max_ua_drop_pt is not None and hi < 0:
+            out.append(f"{a['name']}: scores above its teacher on these clips (UA drop {a['ua_drop_pt']:.1f} pt, "
+                       f"interval [{lo:.1f}, {hi:.1f}]): the UA-drop gate tests nothing here; min_ua still applies")
+        if a.get("rerun_mismatch"):
+            out.append(f"{a['name']}: {a.pop('rerun_mismatch')} of {n} decisions differed between two passes over the "
+                       "same clips (a nondeterministic runtime); its intervals come from the second pass")
+    return out
+
+
 def verify_records(run_dir, recipe, test, classes, records: list[dict], results: dict, progress=None) -> dict:
     """Run every exported artifact on the held-out split against its PyTorch reference; apply the gates.
-    Shared by the verify stage of `compress` and by `edgeser verify` (which re-reads everything from disk)."""
+    Shared by the verify stage of `compress` and by `edgeser verify` (which re-reads everything from disk).
+    The teacher is scored afresh on the same clips, so each artifact's UA drop is paired: same clips, and the
+    same bootstrap resamples (ua_drop_pt with ua_drop_ci_pt); UA and WA carry 95 % intervals (ua_ci, wa_ci)."""
+    from edgeser.metrics import bootstrap_ci, paired_drop_ci
+    from edgeser.stages.common import load_teacher
+    from edgeser.train import predict
+
     x, y = test.x.numpy(), test.y.numpy()
     q, _ = load_qat(run_dir / "stages/qat/model.pt")
     fp32, _ = load_student(run_dir / "stages/prune/model.pt")
     refs = {"qat": torch_runner(q)(x), "prune": torch_runner(fp32)(x)}
     stats = {"qat": results["qat"], "prune": results["prune"]}
+    teacher_pred = predict(load_teacher(run_dir / "stages/teacher/model.pt"), test.x).argmax(1).numpy()
+    tm, tci = classification_metrics(y, teacher_pred, classes), bootstrap_ci(y, teacher_pred, classes)
+    teacher = {"ua": tm["ua"], "wa": tm["wa"], "ua_ci": tci["ua"], "wa_ci": tci["wa"], "n": tm["n"]}
     task = progress.add_task("verify", total=len(records)) if progress else None
     artifacts = []
     for rec in records:
@@ -87,13 +135,22 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
             progress.update(task, description=f"verify {rec['name']}")
         a = verify_artifact(rec, run_dir, x, y, classes, refs[rec["reference"]], recipe.verify.latency_runs)
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
+        if a["status"] == "verified":
+            # per-clip decisions for the intervals: verify_artifact returns only aggregates, so run it once more
+            pred = load_runner(rec["format"], run_dir / rec["path"])(x).argmax(1)
+            m = classification_metrics(y, pred, classes)
+            if m["confusion"] != a["confusion"]:
+                a["rerun_mismatch"] = int((np.asarray(m["confusion"]) - np.asarray(a["confusion"])).clip(0).sum())
+            ci, drop = bootstrap_ci(y, pred, classes), paired_drop_ci(y, teacher_pred, pred, classes)
+            a.update(n=m["n"], ua_ci=ci["ua"], wa_ci=ci["wa"], ua_drop_pt=drop["drop_pt"], ua_drop_ci_pt=drop["ci_pt"])
         artifacts.append(a)
         if progress:
             progress.advance(task)
     if progress:
         progress.remove_task(task)
-    gates = evaluate_gates(recipe.verify, artifacts, results["teacher"]["test"]["ua"])
-    return {"artifacts": artifacts, "gates": gates}
+    gates = evaluate_gates(recipe.verify, artifacts, teacher["ua"], len(classes))
+    warnings = resolution_warnings(recipe.verify, artifacts, len(y))
+    return {"artifacts": artifacts, "gates": gates, "teacher": teacher, "warnings": warnings}
 
 
 def run(ctx: Context) -> dict:
