@@ -227,8 +227,7 @@ def make_babble(rng: np.random.Generator, seconds: float = 30.0, streams: int = 
     """Several other synthesized talkers (not corpus speakers), neutral prosody, summed."""
     n = int(seconds * SR)
     out = np.zeros(n, np.float32)
-    langs = list(TEXTS)
-    for s in range(streams):
+    for _ in range(streams):
         lang_voice, lang = LANG_VOICES[rng.integers(len(LANG_VOICES))]
         var = (MALE_VARIANTS + FEMALE_VARIANTS)[rng.integers(len(MALE_VARIANTS) + len(FEMALE_VARIANTS))]
         texts = TEXTS[lang]["sent"]
@@ -244,7 +243,6 @@ def make_babble(rng: np.random.Generator, seconds: float = 30.0, streams: int = 
         stream = np.concatenate(buf)
         off = int(rng.integers(len(stream) - n + 1))
         out += stream[off:off + n]
-    del langs
     return out / active_rms(out)
 
 
