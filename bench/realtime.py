@@ -70,7 +70,9 @@ def test_signal(run_dir: Path, seconds: float) -> tuple[np.ndarray, list[str], f
     from edgeser.recipe import validate
 
     recipe = validate(json.loads((run_dir / "recipe.json").read_text()))
-    manifest = json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"]
+    from edgeser.run_manifest import run_path
+
+    manifest = run_path(run_dir, json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"])
     test = load_corpus(manifest, recipe.data).splits["test"]
     clip_s = test.x.shape[1] / 16000
     n = int(np.ceil(seconds / clip_s))

@@ -216,4 +216,5 @@ def test_report_html_is_self_contained_and_complete(tiny_run):
     p.feed((run_dir / "report.html").read_text())
     verified = [a for a in report["artifacts"] if a["status"] == "verified"]
     assert p.tags.count("svg") == 2 + len(verified)  # waterfall, Pareto, one confusion matrix per artifact
-    assert p.tags.count("table") == 2 and not p.external  # nothing outside the file
+    robust = any(a.get("robustness") for a in report["artifacts"])  # the robustness heatmap is a table too
+    assert p.tags.count("table") == 2 + robust and not p.external  # nothing outside the file

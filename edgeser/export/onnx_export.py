@@ -16,7 +16,7 @@ INPUT, OUTPUT = "audio", "logits"
 
 def min_samples(model) -> int:
     """The shortest input a student graph takes: one analysis frame (its DFT kernel)."""
-    return int(model.frontend.dft.kernel_size[0])
+    return int(model.frontend.kernel_samples)
 
 
 def _dynamic(static_batch: int | None, model=None):

@@ -60,7 +60,7 @@ class StreamStep(nn.Module):
 
 def stream_config(q, classes: list[str], clip_samples: int, sr: int = 16000) -> dict:
     fe = q.frontend
-    return {"sample_rate": sr, "frame_samples": int(fe.dft.kernel_size[0]), "hop_samples": int(fe.fe.hop),
+    return {"sample_rate": sr, "frame_samples": int(fe.kernel_samples), "hop_samples": int(fe.fe.hop),
             "n_mels": int(fe.fe.mel.shape[0]), "classes": list(classes), "clip_samples": int(clip_samples),
             "inputs": {"frontend": "audio", "body": FRAMES}, "outputs": {"frontend": FRAMES, "body": "logits"}}
 
@@ -73,7 +73,7 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
     with torch.no_grad():
         frames = StreamFrontend(qexport)(x)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    n_samples = torch.export.Dim("samples", min=qexport.frontend.dft.kernel_size[0], max=16000 * 3600)
+    n_samples = torch.export.Dim("samples", min=qexport.frontend.kernel_samples, max=16000 * 3600)
     n_frames = torch.export.Dim("frames", min=4, max=200_000)
     cfg = stream_config(qexport, classes, samples)
     with quiet(), size_oblivious(), atomic_path(out_dir) as tmp:

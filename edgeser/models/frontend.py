@@ -70,6 +70,7 @@ class LogMel(nn.Module):
         super().__init__()
         n = int(sr * frame_ms / 1000)
         self.hop = int(sr * hop_ms / 1000)
+        self.kernel_samples = n + 1  # one analysis frame, pre-emphasis included: the shortest input
         freqs = mel_grid(n_freqs, sr)
         t = np.arange(n)
         win = np.hanning(n + 2)[1:-1]

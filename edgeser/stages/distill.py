@@ -72,6 +72,26 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
     return loss
 
 
+def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Generator, crop_min: float,
+                      min_samples: int):
+    """KD from `source` computed on the batch itself (QAT from its FP32 student): each batch is first cut to a
+    random crop of crop_min..1 of its length, so the quantised model learns the source's decisions on short
+    input too, not only at the training clip length."""
+    source.eval()
+
+    def loss(model, x, y, idx):
+        n = x.shape[1]
+        frac = crop_min + (1 - crop_min) * float(torch.rand((), generator=gen))
+        m = max(min_samples, min(n, int(n * frac)))
+        start = int(torch.randint(0, n - m + 1, (), generator=gen))
+        xc = x[:, start : start + m]
+        with torch.no_grad():
+            target = source(xc)
+        return kd_loss(model(xc), target, y, temperature, alpha)
+
+    return loss
+
+
 def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) -> tuple[Split, torch.Tensor]:
     """SMOTE in the student's feature space (its log-mel): synthetic minority-class rows, each with the
     teacher logits of its nearest real same-class row as KD target."""
@@ -88,8 +108,9 @@ def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) ->
 
 
 def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = True, use_hints: bool = False,
-           **kw) -> dict:
-    """Train `model` by KD from the cached teacher logits (shared by distill, prune and QAT).
+           kd_source=None, **kw) -> dict:
+    """Train `model` by KD from the cached teacher logits (shared by distill, prune and QAT), or live from
+    `kd_source` on random crops of the same views (live_kd_objective; cfg.alpha and cfg.crop_min).
 
     Frequency masking (recipe data.augment.freq_mask) acts on the model's log-mel during training; SMOTE
     rows are used for the float student only (QAT's front-end is quantised, so it sees real audio only).
@@ -111,9 +132,13 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
         width = model.body.head.in_features
         hints = {i: (f, torch.nn.Linear(width, f.shape[1])) for i, f in ctx.hints.items()}
         params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
+    objective = kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight)
+    if kd_source is not None:
+        objective = live_kd_objective(kd_source, d.temperature, cfg.alpha, torch.Generator().manual_seed(seed),
+                                      cfg.crop_min, min_samples=kd_source.frontend.kernel_samples)
     try:
         with torch_threads(1):
-            info = fit(model, corpus, cfg, kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight),
+            info = fit(model, corpus, cfg, objective,
                        seed=seed, progress=ctx.progress, desc=desc, extra=extra, params=params,
                        checkpoint=ctx.checkpoint(desc), **kw)
     finally:

@@ -172,4 +172,7 @@ def run(ctx: Context) -> dict:
             ctx.progress.advance(task)
     if ctx.progress:
         ctx.progress.remove_task(task)
-    return ctx.finish("export", {"artifacts": records})
+    from edgeser.export.model_card import write_model_card
+
+    write_model_card(out / "README.md", records, meta, ctx.run_dir)
+    return ctx.finish("export", {"artifacts": records, "metadata": meta})

@@ -25,7 +25,7 @@ def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -
 
 def load_qat(path) -> tuple[QuantStudent, dict]:
     cfg, state = read_model_file(path)
-    q = QuantStudent(build_student(cfg))
+    q = QuantStudent(build_student(cfg), cfg.get("dft_groups"))
     q.load_state_dict(state)
     return q.eval(), cfg
 
@@ -34,13 +34,17 @@ def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.qat, ctx.corpus
     student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
     q = QuantStudent(student)
+    q.frontend.regroup(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_groups)
+    scfg = scfg | {"dft_groups": q.frontend.group_sizes}
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
     def on_epoch(epoch):  # BN statistics and observers follow the activations, then freeze
         q.set_observe(epoch <= cfg.freeze_observers_after)
         q.set_bn_update(epoch <= cfg.freeze_bn_after)
 
-    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch)
+    source = student if cfg.kd_from == "student" else None
+    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch, kd_source=source)
+    info["kd_from"] = cfg.kd_from
     q.set_observe(False)
     q.set_bn_update(False)
     info["val_ua_after_calibration"] = calibrated["ua"]

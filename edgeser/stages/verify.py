@@ -14,8 +14,16 @@ from edgeser.stages.qat import load_qat
 RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
 
 
-def verify_artifact(rec: dict, run_dir, x: np.ndarray, y: np.ndarray, classes, ref_logits: np.ndarray,
-                    latency_runs: int) -> dict:
+def _run(runner, audio) -> np.ndarray:
+    """Logits of a (N, samples) array of clips, or of a list of whole utterances of different lengths."""
+    return runner.run_each(audio) if isinstance(audio, list) else runner(audio)
+
+
+def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logits: np.ndarray,
+                    latency_runs: int, suite=None) -> dict:
+    """audio: the held-out clips (N, samples), or their whole utterances (a list) when lengths vary.
+    suite: an edgeser.robustness.Suite; the artifact then also runs every perturbed case ("robustness").
+    The per-clip decisions are returned under "pred" (numpy; verify_records takes them out for the intervals)."""
     out = {k: rec.get(k) for k in ("name", "format", "precision", "path", "reference", "role", "status", "reason")}
     out["checks"] = rec.get("checks", {})
     path = run_dir / rec["path"] if rec.get("path") else None
@@ -27,17 +35,23 @@ def verify_artifact(rec: dict, run_dir, x: np.ndarray, y: np.ndarray, classes, r
         return out | {"status": "skipped", "reason": f"no {rec['format']} runtime on this machine"}
     try:
         runner = load_runner(rec["format"], path)
-        logits = runner(x)
+        logits = _run(runner, audio)
     except Exception as e:
         return out | {"status": "failed", "reason": f"cannot run: {type(e).__name__}: {e}"}
     m = classification_metrics(y, logits.argmax(1), classes)
     reason = ("ran whole on Qualcomm's HTP backend (CPU fallback disabled); its latency is the x86 simulator's, "
               "not the device's") if rec["format"] == "qnn-htp" else None
+    first = np.asarray(audio[0], np.float32)
     out.update(status="verified", reason=reason, ua=m["ua"], wa=m["wa"], macro_f1=m["macro_f1"],
-               per_class_recall=m["per_class_recall"], confusion=m["confusion"],
+               per_class_recall=m["per_class_recall"], confusion=m["confusion"], n=m["n"],
                agreement=float((logits.argmax(1) == ref_logits.argmax(1)).mean()),
                max_abs_logit_diff=float(np.abs(logits - ref_logits).max()),
-               latency_ms=latency_ms(runner, x[0], latency_runs))
+               latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1))
+    if suite is not None:
+        try:
+            out["robustness"] = suite.measure(runner)
+        except Exception as e:
+            out.update(status="failed", reason=f"robustness suite: {type(e).__name__}: {e}")
     return out
 
 
@@ -89,9 +103,17 @@ def evaluate_gates(cfg, artifacts: list[dict], teacher_ua: float, n_classes: int
     return gates
 
 
+def robustness_gates(cfg, artifacts: list[dict]) -> list[dict]:
+    """verify.min_robust_agreement on every deployed artifact that ran the suite (edgeser/robustness.py)."""
+    from edgeser.robustness import robust_gate
+
+    return [robust_gate(a["name"], a["robustness"], cfg.min_robust_agreement) for a in artifacts
+            if a["status"] == "verified" and a.get("robustness")]
+
+
 def resolution_warnings(cfg, artifacts: list[dict], n: int) -> list[str]:
     """What the held-out clips cannot tell apart: a UA-drop interval wider than the gate, an artifact that
-    beats its teacher (so the drop gate tests nothing), a runtime whose decisions changed between two passes."""
+    beats its teacher (so the drop gate tests nothing)."""
     out = []
     for a in artifacts:
         if a["status"] != "verified" or a.get("ua_drop_ci_pt") is None:
@@ -105,9 +127,6 @@ def resolution_warnings(cfg, artifacts: list[dict], n: int) -> list[str]:
         if gated and cfg.max_ua_drop_pt is not None and hi < 0:
             out.append(f"{a['name']}: scores above its teacher on these clips (UA drop {a['ua_drop_pt']:.1f} pt, "
                        f"interval [{lo:.1f}, {hi:.1f}]): the UA-drop gate tests nothing here; min_ua still applies")
-        if a.get("rerun_mismatch"):
-            out.append(f"{a['name']}: {a.pop('rerun_mismatch')} of {n} decisions differed between two passes over the "
-                       "same clips (a nondeterministic runtime); its intervals come from the second pass")
     return out
 
 
@@ -118,37 +137,48 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
     same bootstrap resamples (ua_drop_pt with ua_drop_ci_pt); UA and WA carry 95 % intervals (ua_ci, wa_ci)."""
     from edgeser.metrics import bootstrap_ci, paired_drop_ci
     from edgeser.stages.common import load_teacher
-    from edgeser.train import predict
+    from edgeser.train import predict_split
 
     x, y = test.x.numpy(), test.y.numpy()
+    full = getattr(test, "full", None)  # whole utterances when the corpus's lengths vary: scored as they are
+    audio = [w.astype(np.float32) for w in full] if full is not None else x
     q, _ = load_qat(run_dir / "stages/qat/model.pt")
     fp32, _ = load_student(run_dir / "stages/prune/model.pt")
-    refs = {"qat": torch_runner(q)(x), "prune": torch_runner(fp32)(x)}
+    refs = {"qat": _run(torch_runner(q), audio), "prune": _run(torch_runner(fp32), audio)}
     stats = {"qat": results["qat"], "prune": results["prune"]}
-    teacher_pred = predict(load_teacher(run_dir / "stages/teacher/model.pt"), test.x).argmax(1).numpy()
+    teacher_pred = predict_split(load_teacher(run_dir / "stages/teacher/model.pt"), test).argmax(1).numpy()
     tm, tci = classification_metrics(y, teacher_pred, classes), bootstrap_ci(y, teacher_pred, classes)
-    teacher = {"ua": tm["ua"], "wa": tm["wa"], "ua_ci": tci["ua"], "wa_ci": tci["wa"], "n": tm["n"]}
+    teacher = {"ua": tm["ua"], "wa": tm["wa"], "ua_ci": tci["ua"], "wa_ci": tci["wa"], "n": tm["n"],
+               "whole_utterances": full is not None}
+    suite = None
+    if recipe.verify.robustness:
+        from edgeser.robustness import Suite
+
+        if progress:
+            task0 = progress.add_task("verify: FP32 student on the robustness cases", total=None)
+        suite = Suite.build(x, y, classes, torch_runner(fp32), sr=recipe.data.sample_rate, full=full,
+                            seed=recipe.seed)
+        if progress:
+            progress.remove_task(task0)
     task = progress.add_task("verify", total=len(records)) if progress else None
     artifacts = []
     for rec in records:
         if progress:
             progress.update(task, description=f"verify {rec['name']}")
-        a = verify_artifact(rec, run_dir, x, y, classes, refs[rec["reference"]], recipe.verify.latency_runs)
+        a = verify_artifact(rec, run_dir, audio, y, classes, refs[rec["reference"]], recipe.verify.latency_runs,
+                            suite if rec.get("role") != "baseline" else None)
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
+        pred = a.pop("pred", None)
         if a["status"] == "verified":
-            # per-clip decisions for the intervals: verify_artifact returns only aggregates, so run it once more
-            pred = load_runner(rec["format"], run_dir / rec["path"])(x).argmax(1)
-            m = classification_metrics(y, pred, classes)
-            if m["confusion"] != a["confusion"]:
-                a["rerun_mismatch"] = int((np.asarray(m["confusion"]) - np.asarray(a["confusion"])).clip(0).sum())
             ci, drop = bootstrap_ci(y, pred, classes), paired_drop_ci(y, teacher_pred, pred, classes)
-            a.update(n=m["n"], ua_ci=ci["ua"], wa_ci=ci["wa"], ua_drop_pt=drop["drop_pt"], ua_drop_ci_pt=drop["ci_pt"])
+            a.update(ua_ci=ci["ua"], wa_ci=ci["wa"], ua_drop_pt=drop["drop_pt"], ua_drop_ci_pt=drop["ci_pt"])
         artifacts.append(a)
         if progress:
             progress.advance(task)
     if progress:
         progress.remove_task(task)
     gates = evaluate_gates(recipe.verify, artifacts, teacher["ua"], len(classes))
+    gates += robustness_gates(recipe.verify, artifacts)
     warnings = resolution_warnings(recipe.verify, artifacts, len(y))
     return {"artifacts": artifacts, "gates": gates, "teacher": teacher, "warnings": warnings}
 

@@ -1,0 +1,88 @@
+"""The robustness suite and its gate: level-invariant INT8 passes, a hand-made level-dependent INT8 fails."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeser.robustness import GAINS_DB, Suite, cases, robust_gate, with_length
+from edgeser.runtimes import load_runner, onnx_runner, torch_runner
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_run):
+    from edgeser.data.dataset import load_corpus
+    from edgeser.recipe import validate
+    from edgeser.run_manifest import run_path
+
+    run_dir, _ = tiny_run
+    recipe = validate(json.loads((run_dir / "recipe.json").read_text()))
+    manifest = run_path(run_dir, json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"])
+    corpus = load_corpus(manifest, recipe.data)
+    t = corpus.splits["test"]
+    return t.x.numpy(), t.y.numpy(), corpus.classes
+
+
+def test_cases_are_what_they_say():
+    x = (np.random.default_rng(0).standard_normal((6, 16000)) * 0.2).astype(np.float32)
+    cs = {c.name: c for c in cases(x, 16000, full=[x[0, :5000], x[1]])}
+    assert np.allclose(cs["gain -20 dB"].audio, x * 0.1, atol=1e-7)
+    assert np.abs(cs["gain +6 dB"].audio).max() <= 1.0  # clipped at full scale
+    noisy = cs["white noise SNR 10 dB"].audio
+    snr = 10 * np.log10((x ** 2).mean(1) / ((noisy - x) ** 2).mean(1))
+    assert np.allclose(snr, 10, atol=0.3)
+    assert cs["length 0.5x"].audio.shape == (6, 8000) and cs["length 3x"].audio.shape == (6, 48000)
+    assert np.allclose(cs["DC offset 0.05"].audio.mean(1), x.mean(1) + 0.05, atol=1e-3)
+    spec = np.abs(np.fft.rfft(cs["telephone band 300-3400 Hz"].audio, axis=1)).mean(0)
+    f = np.fft.rfftfreq(16000, 1 / 16000)
+    assert spec[(f > 1000) & (f < 2000)].mean() > 30 * spec[f > 5000].mean()  # out of band: > 30 dB down
+    assert [len(a) for a in cs["whole utterances"].audio] == [5000, 16000]
+    gated = {c.kind for c in cs.values() if c.gated}
+    assert gated == {"gain", "length"}
+
+
+def test_with_length_tiles_and_crops():
+    x = np.arange(10, dtype=np.float32)[None]
+    assert with_length(x, 0.5).tolist() == [[2, 3, 4, 5, 6]]
+    assert with_length(x, 2.5)[0, 10:].tolist() == list(range(10)) + [0, 1, 2, 3, 4]
+
+
+def test_level_invariant_int8_passes_the_gate(tiny_run, held_out):
+    from edgeser.stages.common import load_student
+
+    run_dir, _ = tiny_run
+    x, y, classes = held_out
+    fp32, _ = load_student(run_dir / "stages/prune/model.pt")
+    suite = Suite.build(x, y, classes, torch_runner(fp32))
+    r = suite.measure(load_runner("onnx-int8", run_dir / "artifacts/student_int8.onnx"))
+    gains = [c for c in r["cases"] if c["kind"] == "gain"]
+    assert len(gains) == len(GAINS_DB)
+    # every gain below clipping: the same decisions as at 0 dB, clip for clip
+    assert all(c["agree_self"] == 1.0 for c in gains if c["value"] <= 0)
+    fp = suite.measure(onnx_runner(run_dir / "artifacts/student_fp32.onnx"))
+    assert fp["min_gain_agreement"] >= 0.99 and fp["min_length_agreement"] >= 0.99  # FP32 vs itself
+    assert robust_gate("onnx-fp32", fp, 0.98)["passed"]
+
+
+def test_level_dependent_int8_fails_the_gate(tiny_run, held_out, tmp_path, monkeypatch):
+    """A hand-made bug: the INT8 student exported without its levelling (one input scale for all levels, as
+    before issue 11). Quiet input then reaches the DFT through a few int8 steps, and the gate must catch it."""
+    from edgeser.export.onnx_export import export_onnx
+    from edgeser.models import frontend
+    from edgeser.stages.common import load_student
+    from edgeser.stages.qat import load_qat
+
+    run_dir, _ = tiny_run
+    x, y, classes = held_out
+    q, _ = load_qat(run_dir / "stages/qat/model.pt")
+    monkeypatch.setattr(frontend, "peak_level", lambda wav: torch.ones_like(wav[:, :1]))
+    export_onnx(q.to_export(), x.shape[1], tmp_path / "bug.onnx")
+    monkeypatch.undo()
+    fp32, _ = load_student(run_dir / "stages/prune/model.pt")
+    suite = Suite.build(x, y, classes, torch_runner(fp32))
+    r = suite.measure(onnx_runner(tmp_path / "bug.onnx"))
+    gate = robust_gate("bug", r, 0.98)
+    assert not gate["passed"] and gate["worst_case"].startswith("gain -")
+    assert r["min_gain_agreement"] < 0.9
