@@ -190,10 +190,13 @@ class Prune(Train):
 
 class QAT(Train):
     epochs: int = Field(4, ge=0, le=10_000)
-    lr: float = Field(3e-4, gt=0, le=10)
+    # QAT fine-tunes a model that is already trained: a small lr and the FP32 student's own BN statistics keep
+    # its decisions those of the FP32 student (measured on the demo, 640 clips: lr 3e-4 with BN updating for an
+    # epoch agreed with FP32 on 98.0 % of clips, lr 1e-4 with BN frozen on 98.6 %; 99.1 % at 3x length)
+    lr: float = Field(1e-4, gt=0, le=10)
     calib_batches: int = Field(8, ge=1, le=10_000)
     freeze_observers_after: int = Field(2, ge=0)  # epochs with activation observers updating, then fixed
-    freeze_bn_after: int = Field(1, ge=0)  # epochs with (folded) BN statistics updating, then fixed
+    freeze_bn_after: int = Field(0, ge=0)  # epochs with (folded) BN statistics updating, then fixed
     # KD targets: "student" = the FP32 student being quantised (its logits on the same views), so the INT8
     # model learns to make the FP32 model's decisions, which verify's agreement and robustness gates measure;
     # "teacher" = the teacher's cached logits, as distill and prune use. Measured on the demo: at 3x length

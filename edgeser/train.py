@@ -99,12 +99,14 @@ def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> lis
 
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
         params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
-        extra=None, checkpoint=None) -> dict:
+        extra=None, checkpoint=None, select: Callable | None = None) -> dict:
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
     not augmented. `checkpoint` (resume.EpochCheckpoint): saved after every epoch with the optimiser,
     scheduler and every random generator; a valid one is continued from, with identical results.
+    `select(model) -> float`: what the kept weights maximise instead of val UA, the untrained model (epoch 0)
+    included; QAT keeps the epoch whose decisions agree best with its FP32 student.
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
@@ -114,6 +116,8 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     best = {"ua": -1.0, "state": copy.deepcopy(model.state_dict()), "epoch": 0}
     if cfg.epochs == 0 or not params:
         return {"history": history, "best_epoch": 0}
+    if select is not None:
+        best["ua"] = dist.on_main(lambda: select(model))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
     n, n_extra = len(train.y), 0 if extra is None else len(extra.y)
@@ -164,8 +168,11 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
         val_m = dist.on_main(lambda: evaluate(model, val, corpus.classes))  # the same val UA on every rank
         sched.step(val_m["ua"])
         history.append({"epoch": epoch, "loss": total / (n + n_extra), "val_ua": val_m["ua"], "lr": opt.param_groups[0]["lr"]})
-        if val_m["ua"] > best["ua"]:
-            best = {"ua": val_m["ua"], "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
+        score = val_m["ua"] if select is None else dist.on_main(lambda: select(model))
+        if select is not None:
+            history[-1]["val_select"] = score
+        if score > best["ua"]:
+            best = {"ua": score, "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
         if checkpoint is not None:
             checkpoint.save({"epoch": epoch, "model": model.state_dict(), "params": [p.detach() for p in params],
                              "optimizer": opt.state_dict(),
@@ -174,4 +181,5 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     model.load_state_dict(best["state"])
     if progress:
         progress.remove_task(task)
-    return {"history": history, "best_epoch": best["epoch"], "best_val_ua": best["ua"]}
+    return {"history": history, "best_epoch": best["epoch"],
+            ("best_val_ua" if select is None else "best_val_select"): best["ua"]}

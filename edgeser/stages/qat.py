@@ -6,7 +6,7 @@ import torch
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.stages.common import Context, build_student, load_student, model_stats, read_model_file, save_model
 from edgeser.stages.distill import kd_fit
-from edgeser.train import evaluate
+from edgeser.train import evaluate, predict
 
 
 @torch.no_grad()
@@ -21,6 +21,20 @@ def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -
         q.train()  # observers update in train mode (EMA); no dropout/BN in the quantised model
         q(chunk)
     q.eval()
+
+
+def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
+    """select() for QAT: the worst agreement with the FP32 student over the validation clips at the lengths
+    verify's robustness suite gates (the level needs no check: the front-end levels every clip)."""
+    from edgeser.robustness import with_length
+
+    views = [torch.from_numpy(with_length(x.numpy(), f)) for f in lengths]
+    want = [predict(fp32, v).argmax(1) for v in views]
+
+    def score(q) -> float:
+        return min(float((predict(q, v).argmax(1) == w).float().mean()) for v, w in zip(views, want))
+
+    return score
 
 
 def load_qat(path) -> tuple[QuantStudent, dict]:
@@ -43,7 +57,9 @@ def run(ctx: Context) -> dict:
         q.set_bn_update(epoch <= cfg.freeze_bn_after)
 
     source = student if cfg.kd_from == "student" else None
-    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch, kd_source=source)
+    select = fidelity(student, corpus.splits["val"].x) if source is not None else None
+    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch, kd_source=source,
+                  select=select)
     info["kd_from"] = cfg.kd_from
     q.set_observe(False)
     q.set_bn_update(False)
