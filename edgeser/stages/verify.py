@@ -41,6 +41,10 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
     m = classification_metrics(y, logits.argmax(1), classes)
     reason = ("ran whole on Qualcomm's HTP backend (CPU fallback disabled); its latency is the x86 simulator's, "
               "not the device's") if rec["format"] == "qnn-htp" else None
+    if runner.fixed_samples:  # a static-shape graph: the runner slides its window (edgeser.runtimes.Runner)
+        reason = ((reason + "; ") if reason else "") + (
+            f"fixed window of {runner.fixed_samples} samples, slid over longer input at half a window's hop with "
+            "the logits averaged, shorter input tiled")
     first = np.asarray(audio[0], np.float32)
     out.update(status="verified", reason=reason, ua=m["ua"], wa=m["wa"], macro_f1=m["macro_f1"],
                per_class_recall=m["per_class_recall"], confusion=m["confusion"], n=m["n"],
