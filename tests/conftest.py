@@ -67,3 +67,18 @@ def tiny_run(tmp_path_factory, tiny_recipe_path):
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     report = compress(load_recipe(tiny_recipe_path), run_dir, console=Console(quiet=True), show_progress=False)
     return run_dir, report
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_run):
+    """The tiny run's corpus, loaded as the run recorded it (classes, splits)."""
+    import json
+
+    from edgeser.data.dataset import load_corpus
+    from edgeser.recipe import validate
+    from edgeser.run_manifest import run_path
+
+    run_dir, _ = tiny_run
+    recipe = validate(json.loads((run_dir / "recipe.json").read_text()))
+    manifest = run_path(run_dir, json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"])
+    return load_corpus(manifest, recipe.data)

@@ -1,8 +1,6 @@
 """The robustness suite and its gate: level-invariant INT8 passes, a hand-made level-dependent INT8 fails."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -12,17 +10,9 @@ from edgeser.runtimes import load_runner, onnx_runner, torch_runner
 
 
 @pytest.fixture(scope="module")
-def held_out(tiny_run):
-    from edgeser.data.dataset import load_corpus
-    from edgeser.recipe import validate
-    from edgeser.run_manifest import run_path
-
-    run_dir, _ = tiny_run
-    recipe = validate(json.loads((run_dir / "recipe.json").read_text()))
-    manifest = run_path(run_dir, json.loads((run_dir / "stages/data/metrics.json").read_text())["manifest"])
-    corpus = load_corpus(manifest, recipe.data)
-    t = corpus.splits["test"]
-    return t.x.numpy(), t.y.numpy(), corpus.classes
+def held_out(tiny_corpus):
+    t = tiny_corpus.splits["test"]
+    return t.x.numpy(), t.y.numpy(), tiny_corpus.classes
 
 
 def test_cases_are_what_they_say():

@@ -10,7 +10,8 @@ PTQ mirrors that as closely as onnxruntime allows:
   Relu and puts Q/DQ on its output, exactly like QAT's post-ReLU quantiser; ReduceMean (the time pooling) is
   not quantized by onnxruntime, but the head quantizes its input, which is QAT's pooled-feature quantiser.
 - excluded: the front-end float island, i.e. every node reachable from the DFT conv output before the first
-  body Conv (Pow, Reshape/ReduceSum, the mel MatMul fed from Pow, Log, ReduceMax, Max, Sub, Mul, Add).
+  body Conv (Pow, the mel filterbank fed from Pow (a 1x1 Conv, or a MatMul in older graphs), Log, ReduceMax,
+  Max, Sub, Mul, Add).
   Quantizing the mel MatMul or the log-domain arithmetic would put int8 on a power spectrum spanning many decades,
   which QAT deliberately keeps float. ``quantize_frontend=False`` also leaves the DFT conv (and what feeds
   it) float, so only the body and head are int8.
@@ -73,9 +74,11 @@ def frontend_nodes(graph: onnx.GraphProto, include_dft: bool = False) -> list[st
     if dft is None:
         return []
     island, todo = {}, list(consumers[dft.output[0]])
+    # the mel filterbank is a 1x1 Conv fed by the squaring node: part of the island, not the body's first conv
+    mel = lambda n: n.op_type == "Conv" and any(squares(producer[i]) for i in n.input if i in producer)  # noqa: E731
     while todo:
         n = todo.pop()
-        if n.name not in island and n.op_type not in ("Conv", "Gemm"):
+        if n.name not in island and (n.op_type not in ("Conv", "Gemm") or mel(n)):
             island[n.name] = n
             todo += [c for o in n.output for c in consumers[o]]
     if include_dft:

@@ -67,12 +67,15 @@ class StreamModel:
     def _load_onnx(self, path, threads):
         self.whole, self.step_sess = onnx_session(path, threads), None
         inp, out = self.whole.get_inputs()[0], self.whole.get_outputs()[0]
-        if not (len(inp.shape) == 2 and isinstance(inp.shape[1], int)):
+        if len(inp.shape) != 2:
             raise StreamError(f"{path}: expected an audio input (batch, samples), got {inp.shape}")
-        self.input_name, self.clip_samples = inp.name, int(inp.shape[1])
+        # a static-length graph takes windows of its own length only; a dynamic one any window (None)
+        self.input_name = inp.name
+        self.clip_samples = int(inp.shape[1]) if isinstance(inp.shape[1], int) else None
         self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.sr, self.frame, self.hop = 16000, 801, 400  # the student front-end's framing (recipe defaults)
-        self.classes = _run_classes(path, int(out.shape[1]))
+        meta = self.whole.get_modelmeta().custom_metadata_map
+        self.classes = json.loads(meta["classes"]) if "classes" in meta else _run_classes(path, int(out.shape[1]))
         self.cacheable = False
 
     def _timed(self, sess, feed):

@@ -64,7 +64,7 @@ class Streamer:
             raise StreamError(f"window ({settings.window_s}) and hop ({settings.hop_s}) must be > 0 seconds")
         if self.window < model.frame:
             raise StreamError(f"window: {settings.window_s} s is shorter than one {model.frame}-sample frame")
-        if not model.cacheable and self.window != model.clip_samples:
+        if not model.cacheable and model.clip_samples and self.window != model.clip_samples:
             raise StreamError(f"window: {model.path} takes {model.clip_samples / sr:g} s clips, not "
                               f"{settings.window_s:g} s (the stream artifact takes any window)")
         if cache and self.step % model.hop:
