@@ -239,6 +239,9 @@ class Verify(_Section):
     # with the FP32 student) must reach min_robust_agreement. Noise cases are reported, not gated.
     robustness: bool = True
     min_robust_agreement: float = Field(0.98, ge=0, le=1)
+    # qnn-htp runs on Qualcomm's HTP simulator here (about 0.5 s per 2 s clip): the suite's gated cases only,
+    # on this many clips (classes in turn); every other artifact runs the whole suite on every held-out clip
+    simulated_clips: int = Field(32, ge=4, le=100_000)
 
 
 class Stream(_Section):

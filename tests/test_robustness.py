@@ -76,3 +76,26 @@ def test_level_dependent_int8_fails_the_gate(tiny_run, held_out, tmp_path, monke
     gate = robust_gate("bug", r, 0.98)
     assert not gate["passed"] and gate["worst_case"].startswith("gain -")
     assert r["min_gain_agreement"] < 0.9
+
+
+def test_simulator_subset_runs_the_gated_cases_on_every_class():
+    """A slow runtime (the HTP simulator) runs gains and lengths on a class-balanced subset; noise is skipped."""
+    from edgeser.robustness import subset_indices
+    from edgeser.runtimes import Runner
+
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    assert subset_indices(y, 5).tolist() == [0, 1, 3, 5, 9]  # one of each class first, then class 0 again
+    x = (np.random.default_rng(0).standard_normal((10, 2000)) * 0.1).astype(np.float32)
+    calls = []
+
+    def fn(a):  # a level-invariant "model": the sign of the clip's mean decides the class
+        calls.append(len(a))
+        return np.stack([a.mean(1), -a.mean(1), 0 * a[:, 0], 0 * a[:, 0]], 1)
+
+    runner = Runner(fn)
+    suite = Suite.build(x, y, ["a", "b", "c", "d"], runner)
+    calls.clear()
+    r = suite.measure(runner, max_clips=4)
+    assert r["n"] == 4 and "4 of 10" in r["subset"]
+    assert {c["kind"] for c in r["cases"]} == {"gain", "length"} and sum(calls) == 4 * 9
+    assert r["min_gain_agreement"] == 1.0

@@ -20,7 +20,7 @@ def _run(runner, audio) -> np.ndarray:
 
 
 def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logits: np.ndarray,
-                    latency_runs: int, suite=None) -> dict:
+                    latency_runs: int, suite=None, simulated_clips: int | None = None) -> dict:
     """audio: the held-out clips (N, samples), or their whole utterances (a list) when lengths vary.
     suite: an edgeser.robustness.Suite; the artifact then also runs every perturbed case ("robustness").
     The per-clip decisions are returned under "pred" (numpy; verify_records takes them out for the intervals)."""
@@ -53,7 +53,8 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
                latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1))
     if suite is not None:
         try:
-            out["robustness"] = suite.measure(runner)
+            out["robustness"] = suite.measure(runner, max_clips=simulated_clips if rec["format"] == "qnn-htp"
+                                              else None)
         except Exception as e:
             out.update(status="failed", reason=f"robustness suite: {type(e).__name__}: {e}")
     return out
@@ -170,7 +171,7 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
         if progress:
             progress.update(task, description=f"verify {rec['name']}")
         a = verify_artifact(rec, run_dir, audio, y, classes, refs[rec["reference"]], recipe.verify.latency_runs,
-                            suite if rec.get("role") != "baseline" else None)
+                            suite if rec.get("role") != "baseline" else None, recipe.verify.simulated_clips)
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
         pred = a.pop("pred", None)
         if a["status"] == "verified":
