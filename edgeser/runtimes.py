@@ -105,7 +105,8 @@ def _onnx_runner(sess, fn) -> Runner:
     spec = json.loads(sess.get_modelmeta().custom_metadata_map.get("input", "{}"))
     static = inp.shape[0] if isinstance(inp.shape[0], int) else None
     fixed = inp.shape[1] if isinstance(inp.shape[1], int) else None
-    return Runner(fn, static_batch=static, fixed_samples=fixed, min_samples=int(spec.get("min_samples") or 1))
+    shortest = spec.get("frame_samples") or spec.get("min_samples") or 1  # a fixed window is tiled down to a frame
+    return Runner(fn, static_batch=static, fixed_samples=fixed, min_samples=int(shortest))
 
 
 def onnx_runner(path: Path, threads: int = 1, optimize: bool = True, spinning: bool = True) -> Runner:

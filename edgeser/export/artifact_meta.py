@@ -33,7 +33,8 @@ def describe(*, classes: list[str], sample_rate: int, min_samples: int, max_samp
     longer input and whose logits it averages (edgeser.runtimes.Runner does)."""
     spec = {"name": "audio", "dtype": "float32", "layout": "(batch, samples)", "channels": "mono",
             "range": [-1.0, 1.0], "sample_rate": sample_rate, "batch": batch if batch else "any",
-            "min_samples": fixed_samples or min_samples, "max_samples": fixed_samples or max_samples}
+            "min_samples": fixed_samples or min_samples, "max_samples": fixed_samples or max_samples,
+            "frame_samples": min_samples}  # one analysis frame: the shortest audio a runtime may slide or tile
     if fixed_samples:
         length = (f"fixed window of {fixed_samples} samples: slide it over longer input with a hop of "
                   f"{fixed_samples // 2} samples and average the logits; tile shorter input to the window")
