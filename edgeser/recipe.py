@@ -202,10 +202,11 @@ class QAT(Train):
     # "teacher" = the teacher's cached logits, as distill and prune use. Measured on the demo: at 3x length
     # the QAT model agreed with its FP32 student on 96.9 % of held-out clips with "teacher" (see issue 11).
     kd_from: Literal["student", "teacher"] = "student"
-    # the INT8 DFT's outputs in this many groups of bins, each with its own activation scale (QuantFrontend):
-    # one scale for all bins left most DFT outputs below one int8 step (measured on the demo: INT8 front-end
-    # alone agreed with FP32 on 97.5 % of half-length clips; 4 groups 98.8-99.4 % before retraining)
-    dft_groups: int = Field(4, ge=1, le=64)
+    # the largest gain by which a quiet DFT output channel is scaled up to the loudest one's range before the
+    # INT8 DFT's one output quantiser (1/gain^2 folded into its mel weights; QuantFrontend.equalise): one scale
+    # for all bins left most DFT outputs below one int8 step (measured on the demo: the INT8 front-end alone
+    # agreed with FP32 on 97.5 % of half-length clips). 1 switches it off.
+    dft_equalise: float = Field(64.0, ge=1, le=4096)
     # kd_from student: weight of the KD term (1 - alpha on the labels): 1.0 = learn the FP32 model's decisions
     # only; and the shortest random crop of each batch, as a fraction of its length (short input included)
     alpha: float = Field(1.0, ge=0, le=1)

@@ -15,62 +15,38 @@ class QuantFrontend(nn.Module):
     """The log-mel front-end with its DFT conv in INT8 (W8A8); the peak level, power, mel, log and scaling stay
     float. The input quantiser sees the peak-levelled waveform (LogMel.frames), so its scale fits every level.
 
-    The DFT conv is split into groups of output channels (DTFT bins), each with its own per-tensor output
-    quantiser (`regroup`, at calibration): speech puts most energy in a few bins, so one scale for all 200
-    outputs left the median output below one int8 step. Each group is a plain INT8 conv with per-tensor
-    activations, legal on every target; the groups' outputs are concatenated before the (float) power."""
+    `equalise` scales each DFT output channel (DTFT bin) up to the same range before the one per-tensor output
+    quantiser, and folds 1/c^2 into that channel's mel weights, so the float graph is unchanged: speech puts
+    most energy in a few bins, and one scale for all 200 outputs left the median output below one int8 step."""
 
-    def __init__(self, fe, group_sizes: list[int] | None = None):
+    def __init__(self, fe):
         super().__init__()
         self.fe = copy.deepcopy(fe)
         self.in_q = ActQuant()
         self.kernel_samples = int(self.fe.dft.kernel_size[0])
         self.hop = int(self.fe.dft.stride[0])
-        w = self.fe.dft.weight.detach()
+        self.dft = QConv1d(self.fe.dft)
+        self.dft.weight.requires_grad_(False)
+        self.dft_q = ActQuant()
         del self.fe.dft
-        self._build(w, group_sizes or [w.shape[0]])
-
-    def _build(self, w: torch.Tensor, sizes: list[int]) -> None:
-        convs, start = [], 0
-        for n in sizes:
-            conv = nn.Conv1d(1, n, self.kernel_samples, stride=self.hop, bias=False)
-            conv.weight.data = w[start : start + n].clone()
-            q = QConv1d(conv)
-            q.weight.requires_grad_(False)
-            convs.append(q)
-            start += n
-        self.group_sizes = list(sizes)
-        self.dft = nn.ModuleList(convs)
-        self.dft_q = nn.ModuleList([ActQuant() for _ in sizes])
 
     @torch.no_grad()
-    def regroup(self, wav: torch.Tensor, groups: int) -> None:
-        """Order the DTFT bins by their largest output on `wav` (levelled) and split them into `groups` groups of
-        about equal size, real and imaginary parts of a bin together; the mel weights follow the new order."""
-        w = torch.cat([c.weight.detach() for c in self.dft])
-        if groups <= 1:
-            return
-        spec = torch.nn.functional.conv1d((wav / peak_level(wav)).unsqueeze(1), w, stride=self.hop)
-        peak = spec.abs().amax(dim=(0, 2))
-        f = len(peak) // 2
-        bins = torch.argsort(torch.maximum(peak[:f], peak[f:]), descending=True)
-        order, sizes = [], []
-        for part in torch.tensor_split(bins, groups):
-            part = part.sort().values
-            order += part.tolist() + (part + f).tolist()
-            sizes.append(2 * len(part))
-        perm = torch.tensor(order)
-        self.fe.mel = self.fe.mel[:, perm].contiguous()
-        self._build(w[perm], sizes)
+    def equalise(self, wav: torch.Tensor, max_gain: float) -> torch.Tensor:
+        """Per channel k, c_k = min(max_gain, largest channel peak / channel k's peak) on `wav` (levelled):
+        DFT weights row k times c_k, mel column k over c_k^2. Returns c."""
+        x = (wav / peak_level(wav)).unsqueeze(1)
+        peak = torch.nn.functional.conv1d(x, self.dft.weight, stride=self.hop).abs().amax(dim=(0, 2))
+        c = (peak.max() / peak.clamp_min(1e-12)).clamp(1.0, max_gain)
+        self.dft.weight.mul_(c[:, None, None])
+        self.fe.mel.div_(c[None, :] ** 2)
+        return c
 
     def forward(self, wav):
         return self.fe.normalise(self.frames(wav))
 
     def spectrum(self, x):
-        """(B, samples) levelled waveform -> (B, 2F, T) INT8 DFT outputs, one quantiser per group of bins."""
-        x = self.in_q(x.unsqueeze(1))
-        parts = [q(conv(x)) for conv, q in zip(self.dft, self.dft_q)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        """(B, samples) levelled waveform -> (B, 2F, T) INT8 DFT outputs."""
+        return self.dft_q(self.dft(self.in_q(x.unsqueeze(1))))
 
     def frames(self, wav):
         """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches."""
@@ -78,10 +54,10 @@ class QuantFrontend(nn.Module):
 
 
 class QuantStudent(nn.Module):
-    def __init__(self, student: Student, dft_groups: list[int] | None = None):
+    def __init__(self, student: Student):
         super().__init__()
         student = copy.deepcopy(student).eval()
-        self.frontend = QuantFrontend(student.frontend, dft_groups)
+        self.frontend = QuantFrontend(student.frontend)
         self.in_q = ActQuant()
         convs, conv_q, relu_q = [], [], []
         for block in student.body.blocks:

@@ -39,7 +39,7 @@ def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
 
 def load_qat(path) -> tuple[QuantStudent, dict]:
     cfg, state = read_model_file(path)
-    q = QuantStudent(build_student(cfg), cfg.get("dft_groups"))
+    q = QuantStudent(build_student(cfg))
     q.load_state_dict(state)
     return q.eval(), cfg
 
@@ -48,8 +48,8 @@ def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.qat, ctx.corpus
     student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
     q = QuantStudent(student)
-    q.frontend.regroup(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_groups)
-    scfg = scfg | {"dft_groups": q.frontend.group_sizes}
+    if cfg.dft_equalise > 1:
+        q.frontend.equalise(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_equalise)
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
     def on_epoch(epoch):  # BN statistics and observers follow the activations, then freeze
