@@ -106,10 +106,6 @@ class LogMel(nn.Module):
         waveform and restored to the raw waveform's level."""
         return level_frames(wav, lambda x: self.dft(x.unsqueeze(1)), self.log_power)
 
-    def from_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
-        """(B, 2F, T) real and imaginary DFT parts -> normalised log-mel (B, n_mels, T)."""
-        return self.normalise(self.log_power(spec))
-
     def log_power(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, 2F, T) DFT parts -> log mel power per frame (B, n_mels, T). Each frame depends only on its own
         samples, so a stream computes every frame once and overlapping windows share it (`edgeser stream`)."""
