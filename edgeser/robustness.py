@@ -90,7 +90,8 @@ def cases(x: np.ndarray, sr: int, full: list | None = None, seed: int = 0) -> li
     return out
 
 
-def _run(runner, audio) -> np.ndarray:
+def run_audio(runner, audio) -> np.ndarray:
+    """Logits of a (N, samples) array of clips, or of a list of whole utterances of different lengths."""
     return runner.run_each(audio) if isinstance(audio, list) else runner(audio)
 
 
@@ -109,7 +110,7 @@ class Suite:
     @classmethod
     def build(cls, x, y, classes, ref_runner, sr: int = 16000, full=None, seed: int = 0) -> "Suite":
         suite = cls(np.asarray(y), list(classes), cases(np.asarray(x, np.float32), sr, full, seed))
-        suite.ref_pred = {c.name: _run(ref_runner, c.audio).argmax(1) for c in suite.cases}
+        suite.ref_pred = {c.name: run_audio(ref_runner, c.audio).argmax(1) for c in suite.cases}
         return suite
 
     def measure(self, runner: Callable, on_case=None, max_clips: int | None = None) -> dict:
@@ -123,7 +124,7 @@ class Suite:
                 continue
             audio = c.audio if idx is None else (
                 [c.audio[i] for i in idx] if isinstance(c.audio, list) else c.audio[idx])
-            p = preds[c.name] = _run(runner, audio).argmax(1)
+            p = preds[c.name] = run_audio(runner, audio).argmax(1)
             ref, y = (self.ref_pred[c.name], self.y) if idx is None else (self.ref_pred[c.name][idx], self.y[idx])
             if on_case:
                 on_case(c.name)

@@ -46,14 +46,19 @@ class Runner:
     def run_each(self, clips: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Logits of clips of different lengths (whole utterances): equal lengths are batched together."""
         out: list = [None] * len(clips)
-        by_len: dict[int, list[int]] = {}
-        for i, c in enumerate(clips):
-            by_len.setdefault(len(c), []).append(i)
-        for idx in by_len.values():
+        for idx in length_groups(clips):
             logits = self(np.stack([clips[i] for i in idx]).astype(np.float32), batch_size)
             for i, row in zip(idx, logits):
                 out[i] = row
         return np.stack(out)
+
+
+def length_groups(clips) -> list[list[int]]:
+    """Indices of the clips grouped by length, so equal lengths run as one batch."""
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        by_len.setdefault(len(c), []).append(i)
+    return list(by_len.values())
 
 
 def check_audio(x, min_samples: int = 1) -> np.ndarray:

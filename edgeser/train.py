@@ -38,11 +38,10 @@ def predict_split(model, split, batch_size: int = 64) -> torch.Tensor:
     """Logits of a split: its whole utterances when it has them (equal lengths batched), else its clips."""
     if getattr(split, "full", None) is None:
         return predict(model, split.x, batch_size)
+    from edgeser.runtimes import length_groups
+
     out: list = [None] * len(split.full)
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(split.full):
-        by_len.setdefault(len(w), []).append(i)
-    for idx in by_len.values():
+    for idx in length_groups(split.full):
         logits = predict(model, torch.from_numpy(np.stack([split.full[i] for i in idx])), batch_size)
         for i, row in zip(idx, logits):
             out[i] = row

@@ -5,6 +5,7 @@ import numpy as np
 
 from edgeser.fileio import sha256, size_bytes
 from edgeser.metrics import classification_metrics
+from edgeser.robustness import run_audio
 from edgeser.runtimes import latency_ms, load_runner, torch_runner
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
@@ -12,11 +13,6 @@ from edgeser.stages.qat import load_qat
 # coreml and tensorrt reach verification only where their runtime exists (macOS; a GPU with TensorRT):
 # elsewhere the export stage marks them skipped with the reason
 RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
-
-
-def _run(runner, audio) -> np.ndarray:
-    """Logits of a (N, samples) array of clips, or of a list of whole utterances of different lengths."""
-    return runner.run_each(audio) if isinstance(audio, list) else runner(audio)
 
 
 def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logits: np.ndarray,
@@ -35,7 +31,7 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
         return out | {"status": "skipped", "reason": f"no {rec['format']} runtime on this machine"}
     try:
         runner = load_runner(rec["format"], path)
-        logits = _run(runner, audio)
+        logits = run_audio(runner, audio)
     except Exception as e:
         return out | {"status": "failed", "reason": f"cannot run: {type(e).__name__}: {e}"}
     m = classification_metrics(y, logits.argmax(1), classes)
@@ -149,7 +145,7 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
     audio = [w.astype(np.float32) for w in full] if full is not None else x
     q, _ = load_qat(run_dir / "stages/qat/model.pt")
     fp32, _ = load_student(run_dir / "stages/prune/model.pt")
-    refs = {"qat": _run(torch_runner(q), audio), "prune": _run(torch_runner(fp32), audio)}
+    refs = {"qat": run_audio(torch_runner(q), audio), "prune": run_audio(torch_runner(fp32), audio)}
     stats = {"qat": results["qat"], "prune": results["prune"]}
     teacher_pred = predict_split(load_teacher(run_dir / "stages/teacher/model.pt"), test).argmax(1).numpy()
     tm, tci = classification_metrics(y, teacher_pred, classes), bootstrap_ci(y, teacher_pred, classes)
