@@ -44,8 +44,9 @@ print(classes[int(logits[0].argmax())])
 ```''',
     "tensorrt": '''Build on the device with `{script}`; the engine has no metadata of its own, so classes and the
 input spec are in `{side}` next to it (`json.load(open(...))["classes"]`).''',
-    "qnn-htp": '''The same file as onnx-int8, on onnxruntime-qnn's HTP backend (static shape: slide the fixed window
-over longer audio and average the logits, as `edgeser.runtimes.Runner` does).''',
+    "qnn-htp": '''The onnx-int8 graph with a 16-bit classifier head (QNN HTP needs quantised outputs; int8 logits
+would tie), for onnxruntime-qnn's HTP backend; its metadata_props read as for onnx-int8. Static shape: slide the
+fixed window over longer audio and average the logits, as `edgeser.runtimes.Runner` does.''',
 }
 USAGE["onnx-fp32"] = USAGE["onnx-int8-ptq"] = USAGE["onnx-int8"]
 

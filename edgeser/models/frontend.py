@@ -61,10 +61,16 @@ def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
     return fb.astype(np.float32)
 
 
-def level_frames(wav: torch.Tensor, dft, log_power) -> torch.Tensor:
-    """log_power(dft(wav / peak)) + 2 log(peak): the DFT only ever sees peak-1 input."""
+def level_frames(wav: torch.Tensor, dft, log_power, restore: bool = True) -> torch.Tensor:
+    """log_power(dft(wav / peak)) + 2 log(peak): the DFT only ever sees peak-1 input.
+
+    restore=False leaves out the + 2 log(peak). A whole clip's `normalise` subtracts its own peak, so the term
+    cancels; left in, it only moves quiet clips' log-mel away from 0, where fp16 front-ends (HTP, ANE) round
+    more coarsely (at -40 dB it shifts values by -9 nats, and the fp16 step there is 4x the step near 3).
+    A stream needs it: its cached frames come from calls with different peaks."""
     g = peak_level(wav)
-    return log_power(dft(wav / g)) + 2.0 * torch.log(g).unsqueeze(-1)
+    lp = log_power(dft(wav / g))
+    return lp + 2.0 * torch.log(g).unsqueeze(-1) if restore else lp
 
 
 class LogMel(nn.Module):
@@ -99,12 +105,12 @@ class LogMel(nn.Module):
         return (samples - self.dft.kernel_size[0]) // self.hop + 1
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return self.normalise(self.frames(wav))
+        return self.normalise(self.frames(wav, restore=False))
 
-    def frames(self, wav: torch.Tensor) -> torch.Tensor:
+    def frames(self, wav: torch.Tensor, restore: bool = True) -> torch.Tensor:
         """(B, samples) -> un-normalised log mel power per frame (B, n_mels, T), computed from the peak-levelled
-        waveform and restored to the raw waveform's level."""
-        return level_frames(wav, lambda x: self.dft(x.unsqueeze(1)), self.log_power)
+        waveform and (restore=True) restored to the raw waveform's level."""
+        return level_frames(wav, lambda x: self.dft(x.unsqueeze(1)), self.log_power, restore)
 
     def log_power(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, 2F, T) DFT parts -> log mel power per frame (B, n_mels, T). Each frame depends only on its own

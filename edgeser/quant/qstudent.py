@@ -42,15 +42,15 @@ class QuantFrontend(nn.Module):
         return c
 
     def forward(self, wav):
-        return self.fe.normalise(self.frames(wav))
+        return self.fe.normalise(self.frames(wav, restore=False))
 
     def spectrum(self, x):
         """(B, samples) levelled waveform -> (B, 2F, T) INT8 DFT outputs."""
         return self.dft_q(self.dft(self.in_q(x.unsqueeze(1))))
 
-    def frames(self, wav):
+    def frames(self, wav, restore: bool = True):
         """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches."""
-        return level_frames(wav, self.spectrum, self.fe.log_power)
+        return level_frames(wav, self.spectrum, self.fe.log_power, restore)
 
 
 class QuantStudent(nn.Module):
@@ -67,8 +67,10 @@ class QuantStudent(nn.Module):
             relu_q.append(ActQuant())
         self.convs, self.conv_q, self.relu_q = nn.ModuleList(convs), nn.ModuleList(conv_q), nn.ModuleList(relu_q)
         self.pool_q = ActQuant()
+        # No output quantiser: int8 logits are 1/127 of their range apart, so near-ties became exact ties that
+        # a runtime off by one step (HTP's fp16 front-end) broke the other way. The head's INT8 GEMM gives float
+        # logits; QNN HTP needs a quantised output and gets a 16-bit one (`onnx_export.htp_head16`).
         self.head = QLinear(student.body.head)
-        self.out_q = ActQuant()
         self.mel_augment = None  # training only (frequency masking)
 
     def forward(self, wav):
@@ -82,7 +84,7 @@ class QuantStudent(nn.Module):
         x = self.in_q(mel)
         for conv, cq, rq in zip(self.convs, self.conv_q, self.relu_q):
             x = rq(torch.relu(cq(conv(x))))
-        return self.out_q(self.head(self.pool_q(x.mean(-1))))
+        return self.head(self.pool_q(x.mean(-1)))
 
     def act_quants(self):
         return [m for m in self.modules() if isinstance(m, ActQuant)]

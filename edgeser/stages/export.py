@@ -25,8 +25,9 @@ ARTIFACT_SPECS = {
     "onnx-int8-ptq": ("student_int8_ptq.onnx", "int8", "prune"),
     "coreml": ("student_w8a8.mlpackage", "int8", "qat"),
     "tensorrt": ("student_int8.engine", "int8", "qat"),
-    # the onnx-int8 file itself, run on the Qualcomm HTP backend (static batch: use the hexagon target)
-    "qnn-htp": ("student_int8.onnx", "int8", "qat"),
+    # the onnx-int8 graph with an A16W8 head (edgeser.export.htp), run on the Qualcomm HTP backend (static
+    # batch: use the hexagon target)
+    "qnn-htp": ("student_htp.onnx", "int8", "qat"),
 }
 
 
@@ -62,14 +63,16 @@ def _coreml(ctx, qexport, samples, path, meta):
             "checks": {"coreml_spec": spec, "export": info}}
 
 
-def _qnn(ctx):
+def _qnn(ctx, onnx_int8, path):
+    from edgeser.export.htp import write_htp_onnx
     from edgeser.runtimes import qnn_available
 
     ok, why = qnn_available()
     if not ctx.target.static_batch:
         return {"status": "skipped", "reason": "QNN HTP needs a static batch: use a target with static_batch "
-                                               "(e.g. qualcomm-hexagon)"}
-    return {"status": "exported" if ok else "skipped", "reason": None if ok else why}
+                                               "(e.g. qualcomm-hexagon)", "path": None}
+    head = write_htp_onnx(onnx_int8, path)
+    return {"status": "exported" if ok else "skipped", "reason": None if ok else why, "checks": {"htp_head": head}}
 
 
 def _tensorrt(ctx, qexport, onnx_int8, samples, path, meta):
@@ -143,7 +146,7 @@ def run(ctx: Context) -> dict:
         "onnx-int8-ptq": lambda p: _ptq(ctx, fp32, onnx_fp32, samples, p, meta),
         "coreml": lambda p: _coreml(ctx, qexport, samples, p, meta),
         "tensorrt": lambda p: _tensorrt(ctx, qexport, onnx_int8, samples, p, meta),
-        "qnn-htp": lambda p: _qnn(ctx),
+        "qnn-htp": lambda p: _qnn(ctx, onnx_int8, p),
     }
     if need_int8_onnx and "onnx-int8" not in fmts:
         export_onnx(qexport, samples, onnx_int8, opset=opset, static_batch=sb, meta=meta)
