@@ -163,11 +163,17 @@ def qnn_runner(path: Path, soc_model: str = "60", htp_arch: str = "75") -> Runne
 
 def coreml_runner(path: Path) -> Runner:
     """CoreML prediction (macOS only; on Linux the export marks the artifact skipped before this is reached)."""
+    import json
+
     import coremltools as ct
+
+    from edgeser.export.coreml import logits_from_prediction
 
     model = ct.models.MLModel(str(path))
     shape = model.get_spec().description.input[0].type.multiArrayType.shape
-    return Runner(lambda x: model.predict({"audio": x})["logits"], static_batch=int(shape[0]))
+    classes = json.loads(model.user_defined_metadata["classes"])
+    return Runner(lambda x: logits_from_prediction(model.predict({"audio": x}), "logits", classes),
+                  static_batch=int(shape[0]))
 
 
 def tensorrt_runner(path: Path) -> Runner:

@@ -50,6 +50,10 @@ def test_class_names_read_back_with_each_runtime_alone(tiny_run):
 
     ml = ct.models.MLModel(str(_path(run_dir, "coreml")[1]), skip_model_load=True)
     got["coreml"] = json.loads(ml.user_defined_metadata["classes"])
+    fn = ml.get_spec().mlProgram.functions["main"]  # and the classifier's labels, from its classify op
+    classify = next(op for op in fn.block_specializations[fn.opset].operations if op.type == "classify")
+    got["coreml classifier"] = [v.immediateValue.tensor.strings.values[0]
+                                for v in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
     rng = ml.get_spec().description.input[0].type.multiArrayType.shapeRange.sizeRanges[1]
     assert (rng.lowerBound, rng.upperBound) == (801, 16000 * 60)  # a flexible length, not the clip's
     rec, _ = _path(run_dir, "tensorrt")

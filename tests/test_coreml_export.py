@@ -107,3 +107,39 @@ def test_coreml_predict_matches_torch(int8_pkg):
     out = ct.models.MLModel(str(int8_pkg[0])).predict({"audio": x.numpy()})["logits"]
     # one int8 step of the logits' scale (0.05) covers fp16 rounding
     assert np.abs(out - ref).max() <= 0.051
+
+
+def test_classifier_labels_are_in_the_package(tmp_path):
+    """With class_labels the package is a Core ML classifier: `label` (string) and `logits` (a dictionary per
+    class name), its labels readable from the spec alone; the spec check fails on other labels or a plain model."""
+    import coremltools as ct
+
+    from edgeser.export.coreml import classifier_labels
+    path = tmp_path / "cls.mlpackage"
+    classes = ["neutral", "happy", "sad", "angry"]
+    export_coreml(TinySER(), torch.randn(SHAPE), path, class_labels=classes)
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    assert classifier_labels(spec) == classes
+    assert {f.name: f.type.WhichOneof("Type") for f in spec.description.output} == \
+        {"label": "stringType", "logits": "dictionaryType"}
+    res = _check(path, class_labels=classes)
+    assert res["passed"], res["violations"]
+    assert res["class_labels"] == classes
+    wrong = _check(path, class_labels=classes[::-1])
+    assert any(v.startswith("classifier labels") for v in wrong["violations"])
+
+
+def test_plain_model_fails_a_classifier_check(int8_pkg):
+    res = _check(int8_pkg[0], class_labels=["a", "b", "c", "d"])
+    assert not res["passed"] and res["class_labels"] is None
+    assert any(v.startswith("classifier labels None") for v in res["violations"])
+    assert any(v.startswith("classifier outputs") for v in res["violations"])
+
+
+def test_logits_from_a_classifier_prediction_follow_the_class_order():
+    from edgeser.export.coreml import logits_from_prediction
+    out = {"label": "sad", "logits": {"sad": 3.0, "neutral": -1.0, "happy": 0.5}}
+    got = logits_from_prediction(out, "logits", ["neutral", "happy", "sad"])
+    assert got.tolist() == [[-1.0, 0.5, 3.0]]
+    plain = np.zeros((1, 3), np.float32)
+    assert logits_from_prediction({"logits": plain}, "logits", ["a", "b", "c"]) is plain

@@ -24,6 +24,8 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
+LABEL_OUTPUT = "label"  # a classifier's predicted class name
+
 CONSTEXPR_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
                  "constexpr_lut_to_dense", "constexpr_sparse_to_dense"}
 CONSTANT_OPS = {"const"} | CONSTEXPR_OPS
@@ -135,11 +137,14 @@ def _atomic_save_dir(mlmodel, path: Path) -> None:
 
 def export_coreml(model, example_input, path, *, input_name: str = "audio",
                   output_name: str = "logits", frontend_fp32: bool = True,
-                  samples_range: tuple[int, int] | None = None, metadata: dict | None = None) -> dict:
+                  samples_range: tuple[int, int] | None = None, metadata: dict | None = None,
+                  class_labels: list[str] | None = None) -> dict:
     """Convert an export-form INT8 model to a W8A8 ``.mlpackage`` (mlprogram, iOS17).
 
     samples_range: (min, max) samples for a flexible input length (a RangeDim whose default is the example's
-    length); metadata: written into the model's user_defined_metadata (class names, input spec, ...)."""
+    length); metadata: written into the model's user_defined_metadata (class names, input spec, ...);
+    class_labels: make it a Core ML classifier. Its outputs are then `label` (the predicted class name) and
+    `output_name`, a dictionary class name -> logit (Core ML's classify op does not apply a softmax)."""
     import coremltools as ct
     import numpy as np
     import torch
@@ -160,13 +165,21 @@ def export_coreml(model, example_input, path, *, input_name: str = "audio",
     else:
         precision = ct.precision.FLOAT16
         in_type = ct.TensorType(name=input_name, shape=shape)  # fp16 input
+    classifier = None if not class_labels else ct.ClassifierConfig(list(class_labels),
+                                                                    predicted_feature_name=LABEL_OUTPUT)
     mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
                          compute_precision=precision, inputs=[in_type],
-                         outputs=[ct.TensorType(name=output_name)])
+                         outputs=[ct.TensorType(name=output_name)], classifier_config=classifier)
+    if classifier is not None:  # the classify op names its dictionary `label_probs`: call it what it holds
+        spec = mlmodel.get_spec()
+        ct.utils.rename_feature(spec, LABEL_OUTPUT + "_probs", output_name)
+        mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+        mlmodel.output_description[LABEL_OUTPUT] = "the predicted class name"
+        mlmodel.output_description[output_name] = "logit per class name (no softmax)"
+    elif metadata and "classes" in metadata:
+        mlmodel.output_description[output_name] = "logits in the order of the classes " + metadata["classes"]
     for k, v in sorted((metadata or {}).items()):
         mlmodel.user_defined_metadata[k] = v
-    if metadata and "classes" in metadata:
-        mlmodel.output_description[output_name] = "logits in the order of the classes " + metadata["classes"]
     _atomic_save_dir(mlmodel, path)
     return {"path": str(path), "route": "direct-quantized_decomposed",
             "minimum_deployment_target": "iOS17",
@@ -178,9 +191,28 @@ def _shape(feature) -> list[int]:
     return list(feature.type.multiArrayType.shape)
 
 
+def classifier_labels(spec) -> list[str] | None:
+    """The class labels of an mlprogram classifier, read from its `classify` op; None if it is not one."""
+    fn = spec.mlProgram.functions["main"]
+    for op in fn.block_specializations[fn.opset].operations:
+        if op.type == "classify":
+            values = op.inputs["classes"].arguments[0].value.immediateValue.list.values
+            return [v.immediateValue.tensor.strings.values[0] for v in values]
+    return None
+
+
+def logits_from_prediction(out: dict, output_name: str, classes: list[str]):
+    """(1, n_classes) logits from a predict() result: a classifier's dictionary, in `classes` order, or the
+    plain tensor output."""
+    import numpy as np
+
+    got = out[output_name]
+    return np.array([[got[c] for c in classes]], np.float32) if isinstance(got, dict) else got
+
+
 def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_name: str,
                       n_classes: int, frontend_ops_allowed: int | None = None,
-                      samples_range: tuple[int, int] | None = None) -> dict:
+                      samples_range: tuple[int, int] | None = None, class_labels: list[str] | None = None) -> dict:
     """Static W8A8 check of a saved ``.mlpackage`` (no Core ML runtime needed).
 
     Violations: interface (names, shapes, spec version >= iOS17); no activation quantize
@@ -206,7 +238,15 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
         if got != tuple(samples_range):
             v.append(f"input {input_name!r}: samples range {got} != flexible {tuple(samples_range)}")
     want_out = [int(input_shape[0]), int(n_classes)]
-    if output_name not in outs:
+    labels = classifier_labels(spec) if spec.WhichOneof("Type") == "mlProgram" else None
+    if class_labels is not None:
+        if labels != list(class_labels):
+            v.append(f"classifier labels {labels} != classes {list(class_labels)}")
+        kinds = {f.name: f.type.WhichOneof("Type") for f in spec.description.output}
+        if kinds.get(LABEL_OUTPUT) != "stringType" or kinds.get(output_name) != "dictionaryType":
+            v.append(f"classifier outputs: expected {LABEL_OUTPUT!r} (string) and {output_name!r} (dictionary), "
+                     f"found {kinds}")
+    elif output_name not in outs:
         v.append(f"output: expected name {output_name!r}, found {sorted(outs)}")
     elif _shape(outs[output_name]) and _shape(outs[output_name]) != want_out:
         v.append(f"output {output_name!r}: shape {_shape(outs[output_name])} != {want_out}")
@@ -271,7 +311,7 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
             "int8_weight_layers": int8_layers, "float_weight_layers": len(body_float),
             "frontend_float_layers": front_float, "frontend_ops": front,
             "float_compute_ops": [names[i] for i in floats],
-            "spec_version": spec.specificationVersion}
+            "spec_version": spec.specificationVersion, "class_labels": labels}
 
 
 def coreml_predict_available() -> tuple[bool, str]:

@@ -37,10 +37,10 @@ print(classes[int(model(torch.zeros(1, 32000))[0].argmax())])
 ```''',
     "coreml": '''```python
 import json, numpy as np, coremltools as ct         # predict() runs on macOS
-model = ct.models.MLModel("{path}")
-classes = json.loads(model.user_defined_metadata["classes"])
-logits = model.predict({{"audio": np.zeros((1, 32000), np.float32)}})["logits"]
-print(classes[int(logits[0].argmax())])
+model = ct.models.MLModel("{path}")                 # a Core ML classifier
+out = model.predict({{"audio": np.zeros((1, 32000), np.float32)}})
+print(out["label"], out["logits"])                  # class name; logit per class name
+print(json.loads(model.user_defined_metadata["classes"]))
 ```''',
     "tensorrt": '''Build on the device with `{script}`; the engine has no metadata of its own, so classes and the
 input spec are in `{side}` next to it (`json.load(open(...))["classes"]`).''',

@@ -53,9 +53,10 @@ def _coreml(ctx, qexport, samples, path, meta):
 
         x = example_batch(samples, ctx.target.static_batch or 1)
         info = export_coreml(qexport, x, path, input_name=INPUT, output_name=OUTPUT, samples_range=rng,
-                             metadata=meta)
+                             metadata=meta, class_labels=ctx.corpus.classes)
     spec = check_coreml_spec(path, input_name=INPUT, input_shape=tuple(x.shape), output_name=OUTPUT,
-                             n_classes=len(ctx.corpus.classes), samples_range=rng)
+                             n_classes=len(ctx.corpus.classes), samples_range=rng,
+                             class_labels=ctx.corpus.classes)
     ok, reason = coreml_predict_available()
     status = ("exported" if ok else "skipped") if spec["passed"] else "failed"
     reason = reason if spec["passed"] else "CoreML spec check failed: " + "; ".join(spec["violations"][:5])
