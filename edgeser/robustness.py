@@ -113,14 +113,16 @@ class Suite:
         suite.ref_pred = {c.name: run_audio(ref_runner, c.audio).argmax(1) for c in suite.cases}
         return suite
 
-    def measure(self, runner: Callable, on_case=None, max_clips: int | None = None) -> dict:
-        """max_clips: a runtime too slow for the whole suite (a simulator) runs the gated cases (gains and
-        lengths) on a fixed subset of that many clips, every class alike; the result says so ("subset")."""
+    def measure(self, runner: Callable, on_case=None, max_clips: int | None = None, gated_only: bool = False) -> dict:
+        """A runtime too slow for the whole suite (a simulator) runs only the gated cases (gated_only), and with
+        max_clips on a fixed subset of that many clips, every class alike; the result says so ("subset")."""
         preds = {}
         rows = []
         idx = self.subset(max_clips) if max_clips and max_clips < len(self.y) else None
+        static = bool(getattr(runner, "fixed_samples", None))
         for c in self.cases:
-            if idx is not None and not c.gated:
+            # a simulator runs only the gated cases; a static window's lengths are the runtime's (not gated)
+            if gated_only and (not c.gated or (static and c.kind == "length")):
                 continue
             audio = c.audio if idx is None else (
                 [c.audio[i] for i in idx] if isinstance(c.audio, list) else c.audio[idx])
@@ -131,7 +133,7 @@ class Suite:
             rows.append({"case": c.name, "kind": c.kind, "value": c.value, "gated": c.gated,
                          "agree_ref": float((p == ref).mean()),
                          "ua": classification_metrics(y, p, self.classes)["ua"]})
-        if getattr(runner, "fixed_samples", None):  # a static-length graph: the runner tiles and slides its
+        if static:  # a static-length graph: the runner tiles and slides its
             for r in rows:                            # window, so lengths are the runtime's, not the model's
                 if r["kind"] == "length":
                     r["gated"], r["note"] = False, "fixed window: tiled or slid by the runtime, not gated"
@@ -140,8 +142,9 @@ class Suite:
             r["agree_self"] = float((preds[r["case"]] == at0).mean()) if r["kind"] == "gain" else None
         gains = [r for r in rows if r["kind"] == "gain"]
         lengths = [r for r in rows if r["kind"] == "length"]
-        out = {} if idx is None else {"subset": f"{len(idx)} of {len(self.y)} clips, gated cases only "
-                                                f"(a simulator: the whole suite would take hours)"}
+        out = {} if not gated_only else {"subset": f"{len(self.y) if idx is None else len(idx)} of {len(self.y)} "
+                                                   "clips, gated cases only (a simulator: the whole suite would "
+                                                   "take hours)"}
         return out | {"reference": self.reference, "n": int(len(self.y) if idx is None else len(idx)), "cases": rows,
                 "min_gain_agreement": min(min(r["agree_ref"], r["agree_self"]) for r in gains),
                 "min_length_agreement": min([r["agree_ref"] for r in lengths if r["gated"]] or [1.0])}

@@ -95,7 +95,22 @@ def test_simulator_subset_runs_the_gated_cases_on_every_class():
     runner = Runner(fn)
     suite = Suite.build(x, y, ["a", "b", "c", "d"], runner)
     calls.clear()
-    r = suite.measure(runner, max_clips=4)
+    r = suite.measure(runner, max_clips=4, gated_only=True)
     assert r["n"] == 4 and "4 of 10" in r["subset"]
     assert {c["kind"] for c in r["cases"]} == {"gain", "length"} and sum(calls) == 4 * 9
     assert r["min_gain_agreement"] == 1.0
+    calls.clear()  # every clip (the default), still gated cases only
+    r = suite.measure(runner, gated_only=True)
+    assert r["n"] == 10 and "10 of 10" in r["subset"] and sum(calls) == 10 * 9
+    calls.clear()  # a static window: its lengths are the runtime's, not gated, so a simulator skips them
+    r = suite.measure(Runner(fn, fixed_samples=2000), gated_only=True)
+    assert {c["kind"] for c in r["cases"]} == {"gain"} and sum(calls) == 10 * 6
+
+
+def test_a_simulator_subset_too_small_for_the_gate_is_refused():
+    from edgeser.recipe import RecipeError, validate
+
+    with pytest.raises(RecipeError, match="verify.simulated_clips: 32 clips cannot resolve"):
+        validate({"data": {"synth": {}}, "verify": {"simulated_clips": 32}})
+    assert validate({"data": {"synth": {}}, "verify": {"simulated_clips": 150}}).verify.simulated_clips == 150
+    assert validate({"data": {"synth": {}}, "verify": {"simulated_clips": 32, "robustness": False}})

@@ -49,8 +49,8 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
                latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1))
     if suite is not None:
         try:
-            out["robustness"] = suite.measure(runner, max_clips=simulated_clips if rec["format"] == "qnn-htp"
-                                              else None)
+            sim = rec["format"] == "qnn-htp"
+            out["robustness"] = suite.measure(runner, max_clips=simulated_clips if sim else None, gated_only=sim)
         except Exception as e:
             out.update(status="failed", reason=f"robustness suite: {type(e).__name__}: {e}")
     return out
