@@ -74,7 +74,8 @@ class Data(_Section):
     @model_validator(mode="after")
     def _one_source(self):
         if (self.manifest is None) == (self.synth is None):
-            raise ValueError("give exactly one of data.manifest or data.synth")
+            raise ValueError("give exactly one of data.manifest or data.synth (`--set data.manifest=FILE` replaces "
+                             "the recipe's data.synth, and the reverse)")
         if self.val_speakers + self.test_speakers >= 0.9:
             raise ValueError("val_speakers + test_speakers must leave speakers to train on (< 0.9)")
         return self
@@ -365,10 +366,21 @@ def _format_error(e: ValidationError) -> str:
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 
+# One data source replaces the other: `--set data.manifest=FILE` on a recipe with data.synth (or the reverse)
+# means "use this instead", unless the same overrides also set the other one.
+DATA_SOURCES = ("data.manifest", "data.synth")
+
+
 def validate(raw: dict, sets: list[str] | None = None) -> Recipe:
     """Apply `--set KEY=VALUE` overrides to a raw recipe mapping and validate it (RecipeError names the field)."""
-    for k, v in parse_overrides(sets or []):
+    overrides = parse_overrides(sets or [])
+    keys = {k for k, _ in overrides}
+    for k, v in overrides:
         _set_path(raw, k, v)
+    for mine, other in (DATA_SOURCES, DATA_SOURCES[::-1]):
+        data = raw.get("data")
+        if mine in keys and other not in keys and isinstance(data, dict) and dict(overrides)[mine] is not None:
+            data.pop(other.split(".")[1], None)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
@@ -383,8 +395,18 @@ def _is(path: Path, kind: str) -> bool:
         return False
 
 
-def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Relative paths inside it resolve against the recipe's folder."""
+# Path fields: (dotted name, section getter, attribute, file or folder)
+PATH_FIELDS = (("data.manifest", lambda r: r.data, "manifest", "file"),
+               ("teacher.checkpoint", lambda r: r.teacher, "checkpoint", "file"),
+               ("teacher.pretrained", lambda r: r.teacher, "pretrained", "file"),
+               ("teacher.source_audio", lambda r: r.teacher, "source_audio", "folder"),
+               ("data.augment.noise_folder", lambda r: r.data.augment, "noise_folder", "folder"),
+               ("data.root", lambda r: r.data, "root", "folder"))
+
+
+def load_recipe(path: str | Path, sets: list[str] | None = None, cwd: Path | None = None) -> Recipe:
+    """Read, override and validate a recipe. A relative path written in the recipe file resolves against the
+    recipe's folder; one given with `--set` resolves against the working folder (cwd), as a shell path does."""
     path = Path(path)
     if not _is(path, "file"):
         raise RecipeError(f"recipe file not found: {path}")
@@ -403,23 +425,21 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}")
     recipe = validate(raw, sets)
-    base = path.resolve().parent
-    checks = [("data.manifest", recipe.data, "manifest", "file"), ("teacher.checkpoint", recipe.teacher, "checkpoint", "file"),
-              ("teacher.pretrained", recipe.teacher, "pretrained", "file"),
-              ("teacher.source_audio", recipe.teacher, "source_audio", "folder"),
-              ("data.augment.noise_folder", recipe.data.augment, "noise_folder", "folder"),
-              ("data.root", recipe.data, "root", "folder")]
-    for field, section, attr, kind in checks:
+    from_sets = {k for k, _ in parse_overrides(sets or [])}
+    for field, section_of, attr, kind in PATH_FIELDS:
+        section = section_of(recipe)
         value = getattr(section, attr)
         if value is None:
             continue
+        via_set = field in from_sets
+        where = "the working folder (--set)" if via_set else f"the recipe's folder {path.resolve().parent}"
         if not value.is_absolute():
-            value = base / value
+            value = ((cwd or Path.cwd()) if via_set else path.resolve().parent) / value
             setattr(section, attr, value)
         if not _is(value, kind):
             other = "folder" if kind == "file" else "file"
             found = f"is a {other}, expected a {kind}" if _is(value, other) else f"{kind} not found"
-            raise RecipeError(f"{field}: {found}: {value}")
+            raise RecipeError(f"{field}: {found}: {value} (a relative path resolves against {where})")
     from edgeser.targets import load_target
 
     load_target(recipe.target)  # raises RecipeError naming `target`

@@ -92,3 +92,44 @@ def test_shipped_recipes_validate(name):
 
     r = load_recipe(Path(__file__).parents[1] / "recipes" / f"{name}.yaml")
     assert r.name
+
+
+def test_paths_resolve_recipe_relative_in_the_file_and_cwd_relative_from_set(tmp_path):
+    """A path written in the recipe file resolves against the recipe's folder; one from --set against the working
+    folder (issue 12: the README's `--set teacher.pretrained=weights/sound8.npy` resolved under recipes/)."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w.npy").write_bytes(b"x")
+    (tmp_path / "recipes" / "near.npy").write_bytes(b"x")
+    recipe = write_recipe(tmp_path / "recipes" / "r.yaml", _with([("teacher.checkpoint", "near.npy")]))
+    assert load_recipe(recipe, cwd=tmp_path).teacher.checkpoint == tmp_path / "recipes" / "near.npy"
+    r = load_recipe(recipe, ["teacher.checkpoint=weights/w.npy"], cwd=tmp_path)
+    assert r.teacher.checkpoint == tmp_path / "weights" / "w.npy"
+    with pytest.raises(RecipeError, match=r"teacher.checkpoint: file not found: .*/recipes/weights/w.npy .*"
+                                          r"recipe's folder"):
+        load_recipe(write_recipe(tmp_path / "recipes" / "r2.yaml", _with([("teacher.checkpoint", "weights/w.npy")])))
+    with pytest.raises(RecipeError, match=r"file not found: .*nope.npy \(a relative path resolves against the "
+                                          r"working folder \(--set\)\)"):
+        load_recipe(recipe, ["teacher.checkpoint=nope.npy"], cwd=tmp_path)
+
+
+def test_set_cli_paths_resolve_against_the_folder_the_command_runs_in(tmp_path, monkeypatch, tiny_recipe_path):
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["compress", "--recipe", str(tiny_recipe_path), "--set", "teacher.checkpoint=weights/x.npy",
+                              "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and f"{tmp_path}/weights/x.npy" in res.output and "working folder" in res.output
+
+
+def test_setting_one_data_source_replaces_the_other(tiny_recipe_path, tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,label,speaker\n")
+    r = load_recipe(tiny_recipe_path, [f"data.manifest={m}"])
+    assert r.data.manifest == m and r.data.synth is None
+    r = load_recipe(tiny_recipe_path, [f"data.manifest={m}", "data.synth=null"])
+    assert r.data.manifest == m and r.data.synth is None
+    with pytest.raises(RecipeError, match="exactly one of data.manifest or data.synth .*replaces"):
+        load_recipe(tiny_recipe_path, [f"data.manifest={m}", "data.synth={n_speakers: 4}"])
+    manifest_recipe = write_recipe(tmp_path / "r.yaml", _with([("data.manifest", str(m)), ("data.synth", _DEL)]))
+    r = load_recipe(manifest_recipe, ["data.synth={n_speakers: 6}"])
+    assert r.data.synth is not None and r.data.manifest is None
