@@ -10,8 +10,11 @@ from rich.console import Console
 
 from edgeser.recipe import RecipeError, load_recipe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compress speech-emotion models for edge devices.")
-data_app = typer.Typer(no_args_is_help=True, help="Corpora: import IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder; generate the synthetic one.")
+# rich_markup_mode=None: click's plain help, which wraps to the terminal and shows flags without `<bool>` types
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Compress speech-emotion models for edge devices.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Corpora: import IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder; generate the synthetic one.")
 app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -24,6 +27,10 @@ def _bad_input(msg: str) -> None:
     raise typer.Exit(2)
 
 
+# what the running command is doing, for the Ctrl-C message in main()
+_COMMAND: dict = {}
+
+
 def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str, resume: bool = False):
     """Validate the recipe (exit 2 on bad input, nothing written) and run the pipeline up to `until`."""
     from edgeser.pipeline import compress as run_pipeline
@@ -31,6 +38,7 @@ def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str, re
     try:
         r = load_recipe(recipe, sets or [])
         run_dir = out or Path("runs") / r.name
+        _COMMAND.update(argv=[a for a in sys.argv[1:] if a != "--resume"], run_dir=str(run_dir))
         return run_dir, run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until=until,
                                      resume=resume)
     except RecipeError as e:
@@ -46,9 +54,11 @@ def _other_ranks_exit() -> None:
 
 
 # options shared by the commands that run the pipeline
-RECIPE = typer.Option(..., "--recipe", "-r", help="YAML recipe")
-SET = typer.Option(None, "--set", help="override any recipe field, e.g. --set distill.epochs=3")
-OUT = typer.Option(None, "--out", help="run folder (default runs/<recipe name>)")
+RECIPE = typer.Option(..., "--recipe", "-r", metavar="YAML", help="the recipe; relative paths in it resolve "
+                                                                     "against its folder")
+SET = typer.Option(None, "--set", metavar="KEY=VALUE", help="override any recipe field, e.g. --set distill.epochs=3 "
+                                                            "(a relative path resolves against the working folder)")
+OUT = typer.Option(None, "--out", metavar="DIR", help="run folder (default runs/<recipe name>)")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="no progress bars")
 RESUME = typer.Option(False, "--resume", help="skip stages finished with the same inputs; continue training from "
                                               "the last epoch checkpoint")
@@ -80,13 +90,57 @@ def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     console.print(f"model: {run_dir / 'stages/teacher/model.pt'}")
 
 
+def _version(value: bool):
+    if value:
+        from edgeser.resume import package_version
+
+        console.print(f"edgeser {package_version()}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Compress speech-emotion models for edge devices."""
+
+
+def find_run_folder(path: Path) -> Path:
+    """A run folder, or the run folder a file or folder inside it belongs to (the nearest parent with both
+    manifest.json and recipe.json). RecipeError (exit 2) when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: no such run folder")
+    for p in [path if path.is_dir() else path.parent, *path.resolve().parents]:
+        if (p / "manifest.json").is_file() and (p / "recipe.json").is_file():
+            return p
+    raise RecipeError(f"{path}: not inside a finished `edgeser compress` run folder (no manifest.json and "
+                      "recipe.json here or above)")
+
+
+def verify_overrides(sets: list[str]) -> list[str]:
+    """`verify --set` changes gates only: any key outside verify.* is refused (exit 2), not silently ignored."""
+    from edgeser.recipe import parse_overrides
+
+    for key, _ in parse_overrides(sets):
+        if not key.startswith("verify."):
+            raise RecipeError(f"--set {key}: verify only re-checks gates, so only verify.* fields can be "
+                              "overridden (e.g. --set verify.min_agreement=0.99); re-run `edgeser compress` to "
+                              "change the models")
+    return sets
+
+
 @app.command()
-def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compress` run folder"),
-           artifact: Optional[str] = typer.Option(None, "--artifact", help="check only this artifact"),
-           junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML here"),
-           data: Optional[Path] = typer.Option(None, "--data", help="manifest CSV (path,label,speaker): score EVERY "
-                                               "row, and the teacher on the same clips"),
-           set_: Optional[List[str]] = SET):
+def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `edgeser compress` run folder (or a "
+                                          "file in it, e.g. RUN/report.json)"),
+           artifact: Optional[str] = typer.Option(None, "--artifact", metavar="NAME",
+                                                  help="check only this artifact"),
+           junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML here"),
+           data: Optional[Path] = typer.Option(None, "--data", metavar="CSV", help="manifest CSV "
+                                               "(path,label,speaker): score EVERY row, and the teacher on the same "
+                                               "clips"),
+           set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                                    help="override a gate, e.g. --set verify.min_agreement=0.99 "
+                                                         "(verify.* fields only)")):
     """Re-check exported artifacts in CI: sha256 against manifest.json, accuracy, agreement, latency and
     size gates on the held-out split. Exit 0 all pass, 1 a gate failed or a file changed, 2 bad input."""
     from rich.markup import escape
@@ -94,7 +148,10 @@ def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compres
     from edgeser.run_manifest import verify_run, write_junit
 
     try:
-        result = verify_run(run_dir, artifact=artifact, data=data, sets=set_ or [])
+        found = find_run_folder(run_dir)
+        if found != run_dir:
+            console.print(f"run folder: {escape(str(found))}", highlight=False)
+        result = verify_run(found, artifact=artifact, data=data, sets=verify_overrides(set_ or []))
     except RecipeError as e:
         _bad_input(str(e))
     clips = result["clips"]
@@ -131,24 +188,24 @@ def verify(run_dir: Path = typer.Argument(..., help="a finished `edgeser compres
 
 
 @app.command()
-def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, or a folder such as RUN/artifacts"),
+def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, stream folders, or a folder such as "
+                                                           "RUN/artifacts"),
           threads: int = typer.Option(1, "--threads", min=1, help="intra-op threads"),
-          batch: int = typer.Option(1, "--batch", min=1, help="clips per call"),
-          samples: Optional[int] = typer.Option(None, "--samples", min=1, help="clip length (default: the model's or the run's)"),
+          batch: int = typer.Option(1, "--batch", min=1, help="clips per call (streams per call for a stream folder)"),
+          samples: Optional[int] = typer.Option(None, "--samples", min=1, help="clip length (default: the model's or "
+                                                "the run's; the window for a stream folder)"),
           runs: int = typer.Option(50, "--runs", min=1, help="at least this many timed calls"),
           seconds: float = typer.Option(1.0, "--seconds", min=0.0, help="and at least this long")):
     """p50/p95/p99 latency, throughput and peak memory of every artifact that runs here, each in its own
-    process; a table, then one JSON object as the last line. Exit 1 when an artifact fails to run."""
-    from edgeser.benchmark import SUFFIX_FORMATS, BenchError, bench_main
+    process; a table, then one JSON object as the last line. A stream folder (RUN/artifacts/student_int8_stream)
+    is timed per window with its frame cache: one call is the cached per-hop step (its note says so).
+    Exit 1 when an artifact fails to run."""
+    from edgeser.benchmark import SUFFIX_FORMATS, BenchError, bench_main, expand_artifacts
 
-    paths = []
-    for p in artifacts:
-        if p.is_dir() and p.suffix.lower() not in SUFFIX_FORMATS:  # a folder of artifacts: take what runs
-            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIX_FORMATS)
-        else:
-            paths.append(p)
+    paths = expand_artifacts(artifacts)
     if not paths:
-        _bad_input(f"no artifacts in {', '.join(map(str, artifacts))} (expected {', '.join(sorted(SUFFIX_FORMATS))})")
+        _bad_input(f"no artifacts in {', '.join(map(str, artifacts))} (expected {', '.join(sorted(SUFFIX_FORMATS))} "
+                   f"or a stream folder)")
     try:
         code = bench_main(paths, threads, batch, samples, console, runs=runs, min_seconds=seconds)
     except BenchError as e:
@@ -157,7 +214,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, or a
 
 
 @app.command()
-def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8_stream (cached) or an .onnx"),
+def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8_stream (cached) or an .onnx "
+                                                     "(every window recomputed)"),
            wav: Optional[Path] = typer.Option(None, "--wav", help="audio file (any rate; resampled to 16 kHz)"),
            stdin: bool = typer.Option(False, "--stdin", help="raw mono 16 kHz PCM on stdin"),
            mic: bool = typer.Option(False, "--mic", help="the default microphone (needs `sounddevice`)"),
@@ -166,28 +224,30 @@ def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8
            window: Optional[float] = typer.Option(None, "--window", help="window length, seconds"),
            hop: Optional[float] = typer.Option(None, "--hop", help="window hop, seconds"),
            smoothing: Optional[str] = typer.Option(None, "--smooth", help="ema, median or none"),
-           no_cache: bool = typer.Option(False, "--no-cache", help="recompute every window's frames"),
+           no_cache: bool = typer.Option(False, "--no-cache", help="recompute every window's frames (always so "
+                                                                   "for a plain .onnx)"),
            threads: int = typer.Option(1, "--threads", min=1, help="onnxruntime threads")):
     """Emotion timeline over live audio: one JSON line per window (time, label, smoothed probabilities),
-    printed as each window completes; a summary with the real-time factor goes to stderr."""
+    printed as each window completes; a summary with the real-time factor goes to stderr. A plain .onnx
+    cannot share frames between windows: it streams without the cache, and a note on stderr says so."""
     import json as _json
 
-    from edgeser.streaming.artifact import StreamError, StreamModel, run_recipe
+    from edgeser.streaming.artifact import StreamError, StreamModel
     from edgeser.streaming.sources import mic_chunks, stdin_chunks, wav_chunks
-    from edgeser.streaming.streamer import StreamSettings, Streamer
+    from edgeser.streaming.streamer import Streamer, resolve_settings
 
     if sum([wav is not None, stdin, mic]) != 1:
         _bad_input("give exactly one input: --wav FILE, --stdin or --mic")
+    streamer = None
     try:
         model = StreamModel(artifact, threads)
-        r = run_recipe(artifact, recipe)
-        cfg = r.stream if r else None
-        default_window = (cfg.window_s or r.data.clip_seconds) if r else model.clip_samples / model.sr
-        settings = StreamSettings(window_s=window or default_window, hop_s=hop or (cfg.hop_s if cfg else 0.5),
-                                  smoothing=smoothing or (cfg.smoothing if cfg else "ema"),
-                                  ema_alpha=cfg.ema_alpha if cfg else 0.5,
-                                  median_windows=cfg.median_windows if cfg else 5)
-        streamer = Streamer(model, settings, cache=not no_cache)
+        settings = resolve_settings(model, recipe, window, hop, smoothing)
+        cache = not no_cache and model.cacheable
+        streamer = Streamer(model, settings, cache=cache)
+        if not no_cache and not model.cacheable:
+            err.print(f"note: {artifact} is a plain ONNX, so windows cannot share frames: streaming without the "
+                      f"cache (as --no-cache); the cached one is the stream folder, RUN/artifacts/student_int8_stream",
+                      highlight=False, markup=False)
         chunk = model.hop * 4  # 100 ms
         source = wav_chunks(wav, chunk) if wav else stdin_chunks(chunk, fmt) if stdin else mic_chunks(chunk)
         out = sys.stdout
@@ -201,7 +261,7 @@ def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8
         _bad_input(str(e))
     except KeyboardInterrupt:
         pass
-    s = streamer.stats()
+    s = streamer.stats() if streamer else {"windows": 0}
     if s["windows"]:
         err.print(f"{s['windows']} windows of {settings.window_s:g} s every {settings.hop_s:g} s over "
                   f"{s['audio_s']:.1f} s of audio; processing {1000 * s['process_s']:.1f} ms, real-time factor "
@@ -232,15 +292,26 @@ def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
 
 @data_app.command("import")
 def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, ravdess, crema-d, emodb or folder "
-                                           "(SRC/<label>/<speaker>/*.wav or SRC/<label>/<speaker>_*.wav)"),
+                                           "(SRC/<label>/<speaker>/…/*.wav, or SRC/<label>/*.wav with "
+                                           "--speaker-pattern)"),
                 src: Path = typer.Argument(..., metavar="SRC", help="the corpus's root folder"),
                 out: Path = typer.Option(..., "--out", help="manifest CSV to write (path,label,speaker,session)"),
-                four_class: bool = typer.Option(False, "--four-class", help="keep neutral/happy/sad/angry; excited→happy")):
-    """Write a manifest CSV for a published corpus from its file-naming convention; skipped files are counted."""
+                four_class: bool = typer.Option(False, "--four-class", help="keep neutral/happy/sad/angry; excited→happy"),
+                speaker_pattern: Optional[str] = typer.Option(
+                    None, "--speaker-pattern", metavar="REGEX",
+                    help="folder only: the speaker is group 1 of REGEX, searched in each file name without its "
+                         "extension, e.g. '^([^_]+)_' reads alice from happy/alice_001.wav, 'spk(\\d+)' reads 07 "
+                         "from sad/clip_spk07_3.wav; files it does not match are skipped. Without it, a file with "
+                         "no speaker folder is its own speaker (a warning: splits are then not speaker-independent)")):
+    """Write a manifest CSV for a published corpus from its file-naming convention. Audio is WAV, FLAC, OGG or
+    MP3 (what this libsndfile decodes); each file is checked, and skipped files are counted by reason with
+    example paths."""
+    from rich.markup import escape
+
     from edgeser.data.importers import import_corpus, summary_table
 
     try:
-        summary = import_corpus(kind.lower(), src, out, four_class=four_class)
+        summary = import_corpus(kind.lower(), src, out, four_class=four_class, speaker_pattern=speaker_pattern)
     except (RecipeError, OSError) as e:
         _bad_input(str(e))
     console.print(summary_table(summary))
@@ -248,12 +319,23 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
     if summary.get("needs_root"):
         console.print(f"its rows point outside {Path(summary['out']).parent}: in the recipe, set "
                       f"data: {{manifest: {summary['out']}, root: {summary['needs_root']}}}", markup=False)
+    for w in summary["warnings"]:
+        err.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
 
 
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
+        from edgeser.pipeline import RUNNING
+
+        if RUNNING:
+            argv = " ".join(_COMMAND.get("argv", []))
+            err.print(f"interrupted during stage {RUNNING['stage']} of {RUNNING['run_dir']}. Finished stages and "
+                      f"the last epoch checkpoint are kept: `edgeser {argv} --resume` continues from there.",
+                      highlight=False, markup=False)
+        else:
+            err.print("interrupted", highlight=False)
         sys.exit(130)
 
 

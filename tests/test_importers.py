@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from edgeser.data.importers import import_corpus
+from edgeser.data.importers import DUPLICATE, import_corpus
 from edgeser.data.manifest import read_manifest
 from edgeser.recipe import RecipeError
 
@@ -145,19 +145,19 @@ def test_folder_both_layouts(tmp_path):
     src = tmp_path / "mine"
     _wav(src / "angry/alice/take1/a.wav")  # speaker = second-level folder, however deep the file is
     _wav(src / "Happiness/bob/b.wav")  # alias, any case
-    _wav(src / "sad/carol_001.wav")  # no speaker folder: stem prefix before the first "_"
-    _wav(src / "neutral/dave_x_y.wav")
+    _wav(src / "sad/carol_001.wav")  # no speaker folder: its own speaker (not "carol": clip_0001 is not "clip")
     _wav(src / "neutral/nospeaker.wav")
     _wav(src / "loose.wav")
     _wav(src / "anxious/eve/e.wav")
     s = import_corpus("folder", src, src / "manifest.csv")
     assert _rows(src / "manifest.csv") == {"a": ("angry", "alice", ""), "b": ("happy", "bob", ""),
-                                           "carol_001": ("sad", "carol", ""), "dave_x_y": ("neutral", "dave", "")}
-    assert s["skipped"] == {"folder 'anxious' is not a known label": 1, "not inside a label folder": 1,
-                            "no speaker (no speaker folder, no '_' in the name)": 1}
+                                           "carol_001": ("sad", "sad/carol_001", ""),
+                                           "nospeaker": ("neutral", "neutral/nospeaker", "")}
+    assert s["skipped"] == {"folder 'anxious' is not a known label": 1, "not inside a label folder": 1}
+    assert s["examples"] == {"folder 'anxious' is not a known label": ["anxious/eve/e.wav"],
+                             "not inside a label folder": ["loose.wav"]}
+    assert len(s["warnings"]) == 1 and "2 clip(s)" in s["warnings"][0] and "NOT speaker-independent" in s["warnings"][0]
     assert "angry/alice/take1/a.wav,angry,alice," in (src / "manifest.csv").read_text().splitlines()
-
-
 def test_errors(tmp_path):
     with pytest.raises(RecipeError, match="unknown corpus"):
         import_corpus("tess", tmp_path, tmp_path / "m.csv")
@@ -190,3 +190,131 @@ def test_cli(tmp_path):
     assert res.exit_code == 2 and str(tmp_path / "empty") in res.output and "no audio" in res.output
     res = CliRunner().invoke(app, ["data", "import", "tess", str(src), "--out", str(out)])
     assert res.exit_code == 2 and "unknown corpus" in res.output
+
+
+def _flat(src: Path, n: int = 4) -> Path:
+    """SRC/<label>/clip_000i.wav: one sub-folder per class, no speaker folders, a name that names no speaker."""
+    for label in ("happy", "sad", "angry"):
+        for i in range(n):
+            _wav(src / label / f"clip_{i:04d}.wav")
+    return src
+
+
+def test_folder_without_speaker_folders_warns(tmp_path):
+    from edgeser.cli import app
+
+    src, out = _flat(tmp_path / "flat"), tmp_path / "flat/manifest.csv"
+    res = CliRunner().invoke(app, ["data", "import", "folder", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    _rows(out)
+    rows = {r["path"]: r["speaker"] for r in csv.DictReader(out.open())}
+    assert len(rows) == 12 and rows["happy/clip_0001.wav"] == "happy/clip_0001"  # not speaker "clip"
+    assert len(set(rows.values())) == 12
+    assert "WARNING" in res.output and "12 clip(s)" in res.output and "NOT speaker-independent" in res.output
+    assert "--speaker-pattern" in res.output
+
+
+def test_speaker_pattern(tmp_path):
+    from edgeser.cli import app
+
+    src = tmp_path / "c"
+    for label in ("happy", "sad"):
+        for spk in ("ann", "ben", "cy"):
+            _wav(src / label / f"{spk}_{label}_1.wav")
+    _wav(src / "sad/takes/dan_sad_2.wav")  # the pattern applies wherever the file is
+    _wav(src / "sad/README_take.wav")  # upper case: no match
+    out = src / "m.csv"
+    res = CliRunner().invoke(app, ["data", "import", "folder", str(src), "--out", str(out),
+                                   "--speaker-pattern", "^([a-z]+)_"])
+    assert res.exit_code == 0, res.output
+    assert {speaker for _, speaker, _ in _rows(out).values()} == {"ann", "ben", "cy", "dan"}
+    assert _rows(out)["dan_sad_2"] == ("sad", "dan", "")
+    assert "WARNING" not in res.output
+    s = import_corpus("folder", src, out, speaker_pattern="^([a-z]+)_")
+    assert s["skipped"] == {"file name does not match --speaker-pattern": 1}
+    assert s["examples"] == {"file name does not match --speaker-pattern": ["sad/README_take.wav"]}
+    s = import_corpus("folder", src, out, speaker_pattern="(ann)_")
+    assert s["speakers"] == ["ann"] and any("at least 3" in w for w in s["warnings"])
+
+
+@pytest.mark.parametrize("args, why", [(["folder", "--speaker-pattern", "(("], "not a regular expression"),
+                                       (["folder", "--speaker-pattern", r"clip_\d+"], "exactly one (group)"),
+                                       (["folder", "--speaker-pattern", r"(clip)_(\d+)"], "exactly one (group)"),
+                                       (["emodb", "--speaker-pattern", "(.)"], "only the folder layout")])
+def test_bad_speaker_pattern(tmp_path, args, why):
+    from edgeser.cli import app
+
+    src, out = _flat(tmp_path / "c"), tmp_path / "m.csv"  # clip_0000.wav: each pattern matches the names
+    res = CliRunner().invoke(app, ["data", "import", args[0], str(src), "--out", str(out), *args[1:]])
+    assert res.exit_code == 2 and "--speaker-pattern" in res.output and why in res.output, res.output
+    assert not out.exists()
+
+
+def test_files_that_are_not_audio_are_skipped_by_reason(tmp_path, monkeypatch):
+    from edgeser.cli import app
+    from edgeser.data import importers
+
+    src = _flat(tmp_path / "c", n=1)
+    (src / "sad/notes.wav").write_text("not audio\n")
+    (src / "sad/empty.wav").touch()
+    (src / "sad/text.mp3").write_text("not audio either\n")
+    sf.write(src / "sad/zero.wav", np.zeros(0, dtype=np.float32), 16000)  # a header, no frames
+    full = _wav(src / "angry/cut.wav").read_bytes()
+    (src / "angry/cut.wav").write_bytes(full[:1000])  # its data chunk still claims 6400 bytes
+    (src / "angry/head.wav").write_bytes(full[:20])  # the header itself is cut
+    (src / "angry/voice.m4a").write_bytes(b"\0\0\0\x20ftypM4A ")
+    (tmp_path / "outside.wav").write_bytes(full)
+    (src / "angry/link.wav").symlink_to(tmp_path / "outside.wav")
+    s = import_corpus("folder", src, src / "m.csv")
+    assert set(_rows(src / "m.csv")) == {"clip_0000"}  # happy, sad and angry: 3 rows
+    assert s["rows"] == 3 and s["skipped"] == {
+        "text file, not audio": 2, "empty file (0 bytes)": 1, "no samples": 1,
+        "truncated (header claims more data than the file holds)": 1, "corrupt or truncated audio header": 1,
+        ".m4a audio: this libsndfile cannot decode it (convert to WAV or FLAC)": 1,
+        "symlink out of the corpus root": 1}
+    assert s["examples"]["text file, not audio"] == ["sad/notes.wav", "sad/text.mp3"]
+    assert s["examples"]["truncated (header claims more data than the file holds)"] == ["angry/cut.wav"]
+
+    res = CliRunner().invoke(app, ["data", "import", "folder", str(src), "--out", str(src / "m.csv")])
+    assert res.exit_code == 0 and "total" in res.output
+    assert "text file, not audio" in res.output and "sad/notes.wav" in res.output
+
+    monkeypatch.setattr(importers, "_readable", lambda fmt: fmt != "WAV")  # a libsndfile without WAV
+    res = CliRunner().invoke(app, ["data", "import", "folder", str(src), "--out", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2 and "no audio matches the folder layout" in res.output, res.output
+    assert ".wav audio: this libsndfile cannot decode it" in res.output and "angry/clip_0000.wav" in res.output
+    assert not (tmp_path / "none.csv").exists()
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
+def test_compressed_audio_is_imported(tmp_path, fmt):
+    from edgeser.data.audio import load_audio
+
+    src, suffix = tmp_path / "c", "." + fmt.lower()
+    tone = (0.3 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    (src / "happy/ann").mkdir(parents=True)
+    try:
+        sf.write(src / f"happy/ann/a{suffix}", tone, 16000, format=fmt)
+    except Exception as e:  # soundfile raises several types for formats it cannot write
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}: {e}")
+    _wav(src / "happy/ann/b.wav")
+    sf.write(src / f"happy/ann/b{suffix}", tone, 16000, format=fmt)  # b in two formats: one clip, the WAV
+    s = import_corpus("folder", src, src / "m.csv")
+    assert _rows(src / "m.csv") == {"a": ("happy", "ann", ""), "b": ("happy", "ann", "")}
+    assert f"happy/ann/a{suffix}" in (src / "m.csv").read_text() and "happy/ann/b.wav" in (src / "m.csv").read_text()
+    assert s["skipped"] == {DUPLICATE: 1} and s["examples"][DUPLICATE] == [f"happy/ann/b{suffix}"]
+    assert len(load_audio(src / f"happy/ann/a{suffix}")) > 0  # the data stage reads what the import kept
+
+
+def test_crema_d_wav_and_mp3_copies_count_once(tmp_path):
+    src = tmp_path / "CREMA-D"
+    _wav(src / "AudioWAV/1001_DFA_ANG_XX.wav")
+    (src / "AudioMP3").mkdir()
+    try:
+        sf.write(src / "AudioMP3/1001_DFA_ANG_XX.mp3", np.zeros(1600, dtype=np.float32), 16000, format="MP3")
+    except Exception as e:
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) cannot write MP3: {e}")
+    sf.write(src / "AudioMP3/1002_DFA_SAD_XX.mp3", np.zeros(1600, dtype=np.float32), 16000, format="MP3")
+    s = import_corpus("crema-d", src, src / "m.csv")
+    assert _rows(src / "m.csv") == {"1001_DFA_ANG_XX": ("angry", "1001", ""), "1002_DFA_SAD_XX": ("sad", "1002", "")}
+    assert "AudioWAV/1001_DFA_ANG_XX.wav" in (src / "m.csv").read_text() and s["rows"] == 2

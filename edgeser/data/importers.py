@@ -1,18 +1,22 @@
 """Corpus importers: turn IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder-per-class tree into a manifest CSV
 (path,label,speaker,session) by following each corpus's own naming convention.
 
-Labels are canonical lower-case names (LABELS). Files whose names break the convention are skipped and
-counted by reason, never fatal. Paths are relative to the manifest; a manifest written outside SRC needs
-`data.root: SRC` in the recipe (the command prints it), since rows may not leave the corpus root otherwise.
+Labels are canonical lower-case names (LABELS). Audio files are WAV, FLAC, OGG, MP3 (what this libsndfile
+decodes) and a few others; each is checked at import (audio_problem: it opens, has frames, is not truncated).
+Files that break the convention, are not usable audio, or repeat a clip (the same name in another format or
+folder, e.g. CREMA-D's AudioWAV and AudioMP3: WAV is kept) are skipped and counted by reason with a few example
+paths, never fatal. Paths are relative to the manifest; a manifest written outside SRC needs `data.root: SRC`
+in the recipe (the command prints it), since rows may not leave the corpus root otherwise.
 Layouts (SRC is the folder given on the command line):
   iemocap  SRC/Session1..5/sentences/wav/<dialog>/<utt>.wav, labels from Session*/dialog/EmoEvaluation/*.txt;
            speaker = session + the first letter of the utterance's LAST field (Ses01F_impro01_M003 -> 1M)
   ravdess  SRC/**/MM-VV-EE-II-SS-RR-AA.wav; audio-only (MM=03) speech (VV=01) only; speaker ravdess_AA
   crema-d  SRC/**/<actor>_<sentence>_<emotion>_<level>.wav (e.g. AudioWAV/1001_DFA_ANG_XX.wav); speaker = actor
   emodb    SRC/**/<speaker:2><text:a01..b10><emotion letter><version>.wav (e.g. wav/03a01Wa.wav)
-  folder   SRC/<label>/<speaker>/**/*.wav, or SRC/<label>/<speaker>_<anything>.wav when a file sits directly
-           in the label folder (speaker = the stem before the first "_"); folder names may be canonical
-           labels or common aliases (anger, happiness, sadness, fearful, surprised, disgusted, bored)
+  folder   SRC/<label>/<speaker>/**/*.wav; or with a speaker pattern (group 1 of a regex searched in the file
+           name without its extension) SRC/<label>/**/*.wav; a file directly in a label folder with no pattern
+           is its own speaker, with a warning (splits are then not speaker-independent); folder names may be
+           canonical labels or common aliases (anger, happiness, sadness, fearful, surprised, disgusted, bored)
 """
 from __future__ import annotations
 
@@ -21,9 +25,13 @@ import io
 import os
 import re
 from collections import Counter
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+import soundfile as sf
+
+from edgeser.data.audio import SAMPLE_RATES, _unreadable_reason, _wav_shortfall
 from edgeser.recipe import RecipeError
 
 LABELS = ("neutral", "calm", "happy", "excited", "sad", "angry", "fear", "disgust", "surprise", "frustrated",
@@ -31,6 +39,11 @@ LABELS = ("neutral", "calm", "happy", "excited", "sad", "angry", "fear", "disgus
 FOUR_CLASS = ("neutral", "happy", "sad", "angry")
 KINDS = ("iemocap", "ravdess", "crema-d", "emodb", "folder")
 BAD_NAME = "name breaks the corpus convention"
+DUPLICATE = "same clip again (same name in another format or folder)"
+NO_PATTERN_MATCH = "file name does not match --speaker-pattern"
+# audio suffixes -> libsndfile format, in the order a repeated clip is kept; None: libsndfile never reads it
+SUFFIX_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".aif": "AIFF", ".aiff": "AIFF", ".au": "AU", ".caf": "CAF",
+                  ".w64": "W64", ".ogg": "OGG", ".mp3": "MP3", ".m4a": None, ".aac": None, ".wma": None}
 
 IEMOCAP_CODES = {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
                  "fru": "frustrated", "fea": "fear", "sur": "surprise", "dis": "disgust", "oth": "other"}
@@ -50,11 +63,55 @@ class Row(NamedTuple):
     session: str = ""
 
 
-def _wavs(root: Path, pattern: str = "**/*") -> list[Path]:
-    return sorted(p for p in root.glob(pattern) if p.suffix.lower() == ".wav" and p.is_file())
+class Skipped:
+    """Files left out: a count per reason (a fixed phrase, so counts add up) and the first few paths of each."""
+
+    def __init__(self, src: Path, examples: int = 3):
+        self.src, self.n_examples = src, examples
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, path: Path) -> None:
+        self.counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < self.n_examples:
+            shown.append(path.relative_to(self.src).as_posix())
 
 
-def iemocap_rows(src: Path, skipped: Counter) -> list[Row]:
+@cache
+def _readable(fmt: str | None) -> bool:
+    return fmt in sf.available_formats()
+
+
+def audio_problem(path: Path) -> str | None:
+    """Why `path` is not usable audio, or None. Cheap: the header, the first block and the WAV data size, not
+    the whole file; the reasons are load_audio's phrases (what the data stage counts), plus the format one."""
+    suffix = path.suffix.lower()
+    if not _readable(SUFFIX_FORMATS[suffix]):
+        return f"{suffix} audio: this libsndfile cannot decode it (convert to WAV or FLAC)"
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file (0 bytes)"
+        with sf.SoundFile(str(path)) as f:
+            rate, frames = f.samplerate, f.frames
+            first = len(f.read(min(frames, 4096), dtype="float32")) if frames > 0 else 0
+    except Exception:  # soundfile raises several types for unreadable files
+        return _unreadable_reason(path)
+    if not SAMPLE_RATES[0] <= rate <= SAMPLE_RATES[1]:
+        return "implausible sample rate"
+    if first == 0:
+        return "no samples"
+    if _wav_shortfall(path, size):
+        return "truncated (header claims more data than the file holds)"
+    return None
+
+
+def _audio_files(root: Path, pattern: str = "**/*") -> list[Path]:
+    return sorted(p for p in root.glob(pattern) if p.suffix.lower() in SUFFIX_FORMATS and p.is_file())
+
+
+def iemocap_rows(src: Path, skipped: Skipped) -> list[Row]:
     codes = {}  # utterance -> code, from the `[start - end]<TAB>utt<TAB>code<TAB>[V, A, D]` lines only
     for txt in sorted(src.glob("Session[1-5]/dialog/EmoEvaluation/*.txt")):
         if txt.name.startswith("."):  # macOS AppleDouble files in some copies
@@ -64,79 +121,82 @@ def iemocap_rows(src: Path, skipped: Counter) -> list[Row]:
             if line.startswith("[") and len(fields) >= 3:
                 codes[fields[1].strip()] = fields[2].strip()
     rows = []
-    for wav in _wavs(src, "Session[1-5]/sentences/wav/*/*"):
+    for wav in _audio_files(src, "Session[1-5]/sentences/wav/*/*"):
         m = re.fullmatch(r"Ses0([1-5])[MF]_\w+_([MF])\d+", wav.stem)
         code = codes.get(wav.stem)
         if not m:
-            skipped[BAD_NAME] += 1
+            skipped.add(BAD_NAME, wav)
         elif code is None:
-            skipped["no EmoEvaluation label"] += 1
+            skipped.add("no EmoEvaluation label", wav)
         elif code == "xxx":
-            skipped["no agreement (xxx)"] += 1
+            skipped.add("no agreement (xxx)", wav)
         elif code not in IEMOCAP_CODES:
-            skipped[f"unknown IEMOCAP code {code!r}"] += 1
+            skipped.add(f"unknown IEMOCAP code {code!r}", wav)
         else:
             rows.append(Row(wav, IEMOCAP_CODES[code], m[1] + m[2], m[1]))
     return rows
 
 
-def ravdess_rows(src: Path, skipped: Counter) -> list[Row]:
+def ravdess_rows(src: Path, skipped: Skipped) -> list[Row]:
     rows = []
-    for wav in _wavs(src):
+    for wav in _audio_files(src):
         parts = wav.stem.split("-")
         if len(parts) != 7 or not all(re.fullmatch(r"\d\d", p) for p in parts):
-            skipped[BAD_NAME] += 1
+            skipped.add(BAD_NAME, wav)
             continue
         mod, voc, emo, inten, stmt, rep, actor = map(int, parts)
         if not (1 <= mod <= 3 and voc in (1, 2) and emo in RAVDESS_EMOTIONS and inten in (1, 2) and stmt in (1, 2)
                 and rep in (1, 2) and 1 <= actor <= 24) or (emo == 1 and inten == 2):  # neutral has no strong
-            skipped[BAD_NAME] += 1
+            skipped.add(BAD_NAME, wav)
         elif mod != 3:
-            skipped["not audio-only (RAVDESS modality 01/02)"] += 1
+            skipped.add("not audio-only (RAVDESS modality 01/02)", wav)
         elif voc != 1:
-            skipped["song (RAVDESS vocal channel 02)"] += 1
+            skipped.add("song (RAVDESS vocal channel 02)", wav)
         else:
             rows.append(Row(wav, RAVDESS_EMOTIONS[emo], f"ravdess_{actor:02d}"))
     return rows
 
 
-def crema_d_rows(src: Path, skipped: Counter) -> list[Row]:
+def crema_d_rows(src: Path, skipped: Skipped) -> list[Row]:
     rows = []
-    for wav in _wavs(src):
+    for wav in _audio_files(src):
         m = re.fullmatch(r"(\d{4})_([A-Z]{3})_([A-Z]{3})_(LO|MD|HI|XX)", wav.stem)
         if m and 1001 <= int(m[1]) <= 1091 and m[2] in CREMA_SENTENCES and m[3] in CREMA_EMOTIONS:
             rows.append(Row(wav, CREMA_EMOTIONS[m[3]], m[1]))
         else:
-            skipped[BAD_NAME] += 1
+            skipped.add(BAD_NAME, wav)
     return rows
 
 
-def emodb_rows(src: Path, skipped: Counter) -> list[Row]:
+def emodb_rows(src: Path, skipped: Skipped) -> list[Row]:
     rows = []
-    for wav in _wavs(src):
+    for wav in _audio_files(src):
         m = re.fullmatch(r"(\d\d)[ab](0[1-9]|10)([A-Z])[a-z]", wav.stem)
         if m and m[1] in EMODB_SPEAKERS and m[3] in EMODB_EMOTIONS:
             rows.append(Row(wav, EMODB_EMOTIONS[m[3]], m[1]))
         else:
-            skipped[BAD_NAME] += 1
+            skipped.add(BAD_NAME, wav)
     return rows
 
 
-def folder_rows(src: Path, skipped: Counter) -> list[Row]:
+def folder_rows(src: Path, skipped: Skipped, speaker_pattern: re.Pattern | None = None) -> list[Row]:
+    """SRC/<label>/<speaker>/**/<file>, or the speaker from speaker_pattern's group 1 in the file name (without
+    its extension) wherever the file is; a file directly in a label folder with no pattern is its own speaker,
+    named by its path (speaker folders cannot contain "/", so such ids never collide with them)."""
     rows = []
-    for wav in _wavs(src):
-        rel = wav.relative_to(src).parts
+    for path in _audio_files(src):
+        rel = path.relative_to(src).parts
         label = FOLDER_ALIASES.get(rel[0].lower(), rel[0].lower())
+        m = speaker_pattern.search(path.stem) if speaker_pattern else None
         if len(rel) < 2:
-            skipped["not inside a label folder"] += 1
+            skipped.add("not inside a label folder", path)
         elif label not in LABELS:
-            skipped[f"folder {rel[0]!r} is not a known label"] += 1
-        elif len(rel) >= 3:
-            rows.append(Row(wav, label, rel[1]))
-        elif "_" in wav.stem and wav.stem.split("_", 1)[0]:
-            rows.append(Row(wav, label, wav.stem.split("_", 1)[0]))
+            skipped.add(f"folder {rel[0]!r} is not a known label", path)
+        elif speaker_pattern and not (m and m[1]):
+            skipped.add(NO_PATTERN_MATCH, path)
         else:
-            skipped["no speaker (no speaker folder, no '_' in the name)"] += 1
+            speaker = m[1] if m else rel[1] if len(rel) >= 3 else path.relative_to(src).with_suffix("").as_posix()
+            rows.append(Row(path, label, speaker))
     return rows
 
 
@@ -144,24 +204,67 @@ READERS = {"iemocap": iemocap_rows, "ravdess": ravdess_rows, "crema-d": crema_d_
            "folder": folder_rows}
 
 
-def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False) -> dict:
+def speaker_regex(pattern: str | None, kind: str) -> re.Pattern | None:
+    """--speaker-pattern compiled; RecipeError naming the option unless it is a regex with exactly one group."""
+    if pattern is None:
+        return None
+    if kind != "folder":
+        raise RecipeError(f"--speaker-pattern: only the folder layout takes it ({kind} names its own speakers)")
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise RecipeError(f"--speaker-pattern {pattern!r}: not a regular expression ({e})") from None
+    if rx.groups != 1:
+        raise RecipeError(f"--speaker-pattern {pattern!r}: needs exactly one (group), the speaker; it has "
+                          f"{rx.groups}, e.g. '^([^_]+)_' takes alice from alice_001.wav")
+    return rx
+
+
+def _usable(rows: list[Row], src: Path, skipped: Skipped, key) -> list[Row]:
+    """The rows whose file is usable audio inside SRC, one per clip (`key`): of a clip found twice (another
+    format or folder), the first usable copy in SUFFIX_FORMATS order (WAV first) is kept, the rest skipped."""
+    order = list(SUFFIX_FORMATS)
+    root = src.resolve()
+    kept, seen = [], set()
+    for r in sorted(rows, key=lambda r: (key(r), order.index(r.path.suffix.lower()), str(r.path))):
+        if key(r) in seen:
+            skipped.add(DUPLICATE, r.path)
+            continue
+        inside = r.path.resolve().is_relative_to(root)
+        why = audio_problem(r.path) if inside else "symlink out of the corpus root"
+        if why:
+            skipped.add(why, r.path)
+        else:
+            kept.append(r)
+            seen.add(key(r))
+    return kept
+
+
+def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False, speaker_pattern: str | None = None) -> dict:
     """Write the manifest `out` (atomically) for the corpus at `src`; return a summary: rows, labels (counts),
-    speakers (sorted ids), skipped ({reason: count}). RecipeError when `src` is missing or nothing matched."""
+    speakers (sorted ids), skipped ({reason: count}), examples ({reason: a few paths relative to SRC}) and
+    warnings. RecipeError when `src` is missing, `speaker_pattern` is bad or nothing matched."""
     from edgeser.fileio import write_text  # imports torch: only when writing
 
     if kind not in READERS:
         raise RecipeError(f"unknown corpus {kind!r}: choose one of {', '.join(KINDS)}")
+    pattern = speaker_regex(speaker_pattern, kind)
     src, out = Path(src).absolute(), Path(out).absolute()
     if not src.is_dir():
         raise RecipeError(f"{src}: no such folder")
-    skipped: Counter = Counter()
-    rows = READERS[kind](src, skipped)
+    skipped = Skipped(src)
+    found = folder_rows(src, skipped, pattern) if kind == "folder" else READERS[kind](src, skipped)
+    # the named corpora's file names are clip ids; a folder tree's clip is its path less the suffix
+    key = (lambda r: str(r.path.with_suffix(""))) if kind == "folder" else (lambda r: r.path.stem)
+    rows = _usable(found, src, skipped, key)
     if not rows:
-        raise RecipeError(f"{src}: no audio matches the {kind} layout ({_describe(skipped) or 'no .wav files'})")
+        raise RecipeError(f"{src}: no audio matches the {kind} layout ({_describe(skipped) or 'no audio files'})")
     if four_class:
-        merged = [r._replace(label="happy" if r.label == "excited" else r.label) for r in rows]
-        rows = [r for r in merged if r.label in FOUR_CLASS]
-        skipped["not one of the 4 classes"] += len(merged) - len(rows)
+        rows = [r._replace(label="happy" if r.label == "excited" else r.label) for r in rows]
+        for r in rows:
+            if r.label not in FOUR_CLASS:
+                skipped.add("not one of the 4 classes", r.path)
+        rows = [r for r in rows if r.label in FOUR_CLASS]
         if not rows:
             raise RecipeError(f"{src}: no {kind} audio is neutral, happy, sad or angry")
     rel = sorted((os.path.relpath(r.path, out.parent).replace(os.sep, "/"), r) for r in rows)
@@ -174,27 +277,45 @@ def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False) -> 
     # a manifest written outside SRC needs `data.root: SRC` in the recipe
     outside = not src.resolve().is_relative_to(out.parent.resolve())
     labels = Counter(r.label for r in rows)
+    speakers = sorted({r.speaker for r in rows})
     return {"kind": kind, "src": str(src), "out": str(out), "needs_root": str(src.resolve()) if outside else None,
-            "rows": len(rows), "labels": {lab: labels[lab] for lab in LABELS if labels[lab]},
-            "speakers": sorted({r.speaker for r in rows}), "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
+            "rows": len(rows), "labels": {lab: labels[lab] for lab in LABELS if labels[lab]}, "speakers": speakers,
+            "skipped": dict(sorted(skipped.counts.items())), "examples": skipped.examples,
+            "warnings": _warnings(kind, src, rows, pattern, speakers)}
 
 
-def _describe(skipped: Counter) -> str:
-    return "; ".join(f"{n} skipped: {reason}" for reason, n in sorted(skipped.items()))
+def _warnings(kind: str, src: Path, rows: list[Row], pattern, speakers: list[str]) -> list[str]:
+    out = []
+    own = sum(len(r.path.relative_to(src).parts) == 2 for r in rows) if kind == "folder" and not pattern else 0
+    if own:
+        out.append(f"{own} clip(s) sit directly in a label folder, with no speaker folder: each is its own speaker, "
+                   "so train/val/test splits are NOT speaker-independent (one person's clips can land in train and "
+                   "test, and scores will be optimistic). Use SRC/<label>/<speaker>/ folders, or --speaker-pattern "
+                   "REGEX to read the speaker from the file name, e.g. '^([^_]+)_' for alice_001.wav")
+    if len(speakers) < 3:
+        out.append(f"{len(speakers)} speaker(s) ({', '.join(speakers)}): speaker-independent splits need at least 3")
+    return out
+
+
+def _describe(skipped: Skipped) -> str:
+    return "; ".join(f"{n} skipped: {reason} (e.g. {skipped.examples[reason][0]})"
+                     for reason, n in sorted(skipped.counts.items()))
 
 
 def summary_table(summary: dict):
-    """A rich table: clips per label, speakers, and skipped files by reason."""
+    """A rich table: clips per label, speakers, and skipped files by reason with a few example paths."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{summary['kind']} -> {summary['out']}")
+    t = Table(title=escape(f"{summary['kind']} -> {summary['out']}"))
     t.add_column("label")
     t.add_column("clips", justify="right")
+    t.add_column("e.g.")
     for label, n in summary["labels"].items():
         t.add_row(label, str(n))
     t.add_section()
     t.add_row("[bold]total[/]", str(summary["rows"]))
     t.add_row("speakers", str(len(summary["speakers"])))
     for reason, n in summary["skipped"].items():
-        t.add_row(f"skipped: {reason}", str(n))
+        t.add_row(escape(f"skipped: {reason}"), str(n), escape(", ".join(summary["examples"].get(reason, []))))
     return t
