@@ -16,6 +16,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                        help="Corpora: import IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder; generate the synthetic one.")
 app.add_typer(data_app, name="data")
+recipe_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The recipe's options: every default with its description, and the JSON Schema.")
+app.add_typer(recipe_app, name="recipe")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -321,6 +324,35 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
                       f"data: {{manifest: {summary['out']}, root: {summary['needs_root']}}}", markup=False)
     for w in summary["warnings"]:
         err.print(f"[bold yellow]WARNING:[/] {escape(w)}", highlight=False)
+
+
+@recipe_app.command("defaults")
+def recipe_defaults():
+    """Print every recipe option at its default, described in a comment. The YAML validates as a recipe:
+    it uses data.synth and shows data.manifest as null."""
+    from edgeser.recipe_docs import defaults_yaml
+
+    sys.stdout.write(defaults_yaml())
+
+
+@recipe_app.command("schema")
+def recipe_schema(out: Optional[Path] = typer.Option(None, "--out", help="write the schema to this file "
+                                                     "(atomically) instead of printing it")):
+    """Print the recipe's JSON Schema (for editors). With --out FILE, begin a recipe with
+    `# yaml-language-server: $schema=FILE` to have the YAML language server check and complete it."""
+    import json as _json
+
+    from edgeser.fileio import write_json
+    from edgeser.recipe_docs import schema
+
+    if out is None:
+        sys.stdout.write(_json.dumps(schema(), indent=2) + "\n")
+        return
+    try:
+        write_json(out, schema())
+    except OSError as e:
+        _bad_input(f"{out}: cannot write the schema: {e.strerror or e}")
+    console.print(f"wrote {out}", markup=False, highlight=False)
 
 
 def main() -> None:

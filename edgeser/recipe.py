@@ -34,42 +34,52 @@ class _Section(BaseModel):
 
 
 class SynthData(_Section):
-    seed: int = 0
-    clips_per_class: int = Field(160, ge=2, le=100_000)
-    n_speakers: int = Field(10, ge=2, le=1000)
-    clip_seconds: float = Field(2.0, gt=0.1, le=60)
+    """The built-in synthetic corpus (`edgeser data synth`), generated into RUN/data/synth."""
+    seed: int = Field(0, description="seed of the synthetic speakers' voices and clips")
+    clips_per_class: int = Field(160, ge=2, le=100_000, description="clips per class, spread round-robin over the "
+                                 "speakers (at least n_speakers)")
+    n_speakers: int = Field(10, ge=2, le=1000, description="number of synthetic speakers")
+    clip_seconds: float = Field(2.0, gt=0.1, le=60, description="length of each generated clip, seconds")
 
 
 class Augment(_Section):
     """Training-time augmentation; each switch is independent."""
-    freq_mask: bool = False  # mask 20 % of mel bands (student, on its log-mel)
-    time_stretch: bool = False  # +-15 % tempo, pitch kept
-    pitch_shift: bool = False  # +-2 semitones, tempo kept
-    noise: bool = False  # background noise at `snr_db`
-    snr_db: float = Field(10.0, ge=-20, le=60)
-    noise_folder: Path | None = None  # WAVs of noise; generated babble when empty
-    smote: bool = False  # oversample minority classes in the student's feature (log-mel) space
-    p: float = Field(0.5, ge=0, le=1)  # probability of each waveform augmentation, per example
+    freq_mask: bool = Field(False, description="mask 20 % of mel bands (student, on its log-mel)")
+    time_stretch: bool = Field(False, description="+-15 % tempo, pitch kept")
+    pitch_shift: bool = Field(False, description="+-2 semitones, tempo kept")
+    noise: bool = Field(False, description="background noise at `snr_db`")
+    snr_db: float = Field(10.0, ge=-20, le=60, description="signal-to-noise ratio of the `noise` augmentation, dB")
+    noise_folder: Path | None = Field(None, description="WAVs of noise; generated babble when empty")
+    smote: bool = Field(False, description="oversample minority classes in the student's feature (log-mel) space")
+    p: float = Field(0.5, ge=0, le=1, description="probability of each waveform augmentation, per example")
 
 
 class Data(_Section):
-    manifest: Path | None = None
-    synth: SynthData | None = None
-    classes: list[str] | None = None
-    label_map: dict[str, str] = Field(default_factory=dict)  # e.g. {excited: happy}; applied before `classes`
-    fold: str | None = None  # leave-one-session-out: this manifest `session` is the test set
-    augment: Augment = Augment()
-    clip_seconds: float = Field(2.0, gt=0.1, le=60)
-    sample_rate: Literal[16000] = 16000
-    val_speakers: float = Field(0.2, gt=0, lt=1)
-    test_speakers: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    """The corpus: exactly one of `manifest` (your own CSV) or `synth` (the built-in synthetic corpus)."""
+    manifest: Path | None = Field(None, description="manifest CSV (path,label,speaker[,session]; paths relative to "
+                                  "the CSV); give this or `synth`")
+    synth: SynthData | None = Field(None, description="the built-in synthetic corpus; give this or `manifest`")
+    classes: list[str] | None = Field(None, description="the classes to keep, in this order (default: every label "
+                                      "in the manifest, sorted)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="relabel rows, e.g. {excited: happy}; "
+                                      "applied before `classes`")
+    fold: str | None = Field(None, description="leave-one-session-out: this manifest `session` is the test set")
+    augment: Augment = Field(Augment(), description="training-time augmentation; each switch is independent")
+    clip_seconds: float = Field(2.0, gt=0.1, le=60, description="clip length the models see, seconds: longer audio "
+                                "is centre-cropped, shorter zero-padded")
+    sample_rate: Literal[16000] = Field(16000, description="audio is resampled to this rate, Hz (16 kHz only)")
+    val_speakers: float = Field(0.2, gt=0, lt=1, description="fraction of speakers held out for validation")
+    test_speakers: float = Field(0.2, gt=0, lt=1, description="fraction of speakers held out for the test split "
+                                 "(the held-out clips that verify scores)")
+    seed: int = Field(0, description="seed of the speaker split")
     # Manifest rows must resolve (after `..` and symlinks) inside the corpus root: the manifest's folder, or
     # `root` when given (e.g. the SRC of `edgeser data import` when the manifest is written elsewhere). Only the
     # recipe widens this, never a file that travels with the manifest. allow_outside_root: rows may point
     # anywhere (only for a manifest you trust).
-    root: Path | None = None
-    allow_outside_root: bool = False
+    root: Path | None = Field(None, description="the corpus root that manifest rows must resolve inside (default: "
+                              "the manifest's folder)")
+    allow_outside_root: bool = Field(False, description="manifest rows may point anywhere (only for a manifest you "
+                                     "trust)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -82,26 +92,34 @@ class Data(_Section):
 
 
 class Train(_Section):
-    epochs: int = Field(10, ge=0, le=10_000)
-    lr: float = Field(3e-4, gt=0, le=10)
-    batch_size: int = Field(32, ge=1, le=4096)
-    weight_decay: float = Field(1e-2, ge=0, le=1)
+    epochs: int = Field(10, ge=0, le=10_000, description="training epochs; the weights of the best epoch on the "
+                        "validation split are kept")
+    lr: float = Field(3e-4, gt=0, le=10, description="AdamW learning rate (halved when validation UA stops "
+                      "improving)")
+    batch_size: int = Field(32, ge=1, le=4096, description="clips per training batch (per process under torchrun)")
+    weight_decay: float = Field(1e-2, ge=0, le=1, description="AdamW weight decay")
 
 
 class Teacher(Train):
     """SoundNet-8 transfer learning. Defaults follow the article: AdamW, lr 3e-4, batch 32, ReduceLROnPlateau."""
-    checkpoint: Path | None = None  # an edgeser teacher (skips training)
-    pretrained: Path | None = None  # SoundNet-8 weights: sound8.npy or a PyTorch port's state_dict
-    # auto: transfer_attention when `pretrained` is given, else scratch
-    strategy: Literal["auto", "scratch", "last_layer", "full", "transfer_attention"] = "auto"
-    freeze_epochs: int = Field(2, ge=0)  # transfer_attention: epochs with the backbone frozen
-    unfreeze_every: int = Field(1, ge=1)  # then one more block (top first) every N epochs
-    source_audio: Path | None = None  # source-domain WAVs for the MMD term
-    ce_weight: float = Field(0.7, ge=0, le=1)
-    mmd_weight: float = Field(0.3, ge=0, le=1)
-    sample_rate: Literal[16000, 22050] = 16000  # 22050 = SoundNet's native rate (audio resampled inside)
-    width_mult: float = Field(1.0, gt=0, le=4)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    checkpoint: Path | None = Field(None, description="an edgeser teacher (skips training)")
+    pretrained: Path | None = Field(None, description="SoundNet-8 weights: sound8.npy or a PyTorch port's "
+                                    "state_dict")
+    strategy: Literal["auto", "scratch", "last_layer", "full", "transfer_attention"] = Field(
+        "auto", description="transfer strategy (edgeser/transfer.py); auto: transfer_attention when `pretrained` "
+        "is given, else scratch")
+    freeze_epochs: int = Field(2, ge=0, description="transfer_attention: epochs with the backbone frozen")
+    unfreeze_every: int = Field(1, ge=1, description="transfer_attention: then one more block (top first) "
+                                   "every N epochs")
+    source_audio: Path | None = Field(None, description="source-domain WAVs for the MMD term")
+    ce_weight: float = Field(0.7, ge=0, le=1, description="with source_audio: weight of the cross-entropy term")
+    mmd_weight: float = Field(0.3, ge=0, le=1, description="with source_audio: weight of the MMD term between "
+                              "source- and target-domain features (0 = cross-entropy only)")
+    sample_rate: Literal[16000, 22050] = Field(16000, description="teacher input rate, Hz; 22050 = SoundNet's "
+                                               "native rate (audio resampled inside)")
+    width_mult: float = Field(1.0, gt=0, le=4, description="SoundNet-8 channel-width multiplier (1.0 with "
+                              "pretrained weights)")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the classifier's linear layer")
 
     @model_validator(mode="after")
     def _strategy(self):
@@ -121,17 +139,20 @@ STUDENT_SIZES = {"xs": [32, 32, 48, 64], "s": [64, 64, 96, 128], "m": [96, 128, 
 
 
 class Student(_Section):
-    size: Literal["xs", "s", "m"] = "s"  # a preset of conv widths, see STUDENT_SIZES
-    channels: list[int] | None = None  # explicit widths override `size`
-    kernel_size: int = Field(3, ge=1, le=31)
-    n_mels: int = Field(40, ge=8, le=128)
-    frame_ms: float = Field(50.0, gt=1, le=200)
-    hop_ms: float = Field(25.0, gt=1, le=200)
+    """The small student: a log-mel front-end inside the model, then Conv1d blocks and a linear head."""
+    size: Literal["xs", "s", "m"] = Field("s", description="a preset of conv widths: xs 32-64, s 64-128, "
+                                          "m 96-192 channels (STUDENT_SIZES)")
+    channels: list[int] | None = Field(None, description="explicit widths override `size`")
+    kernel_size: int = Field(3, ge=1, le=31, description="kernel size of every Conv1d block")
+    n_mels: int = Field(40, ge=8, le=128, description="mel bands of the log-mel front-end")
+    frame_ms: float = Field(50.0, gt=1, le=200, description="analysis frame length of the front-end, ms")
+    hop_ms: float = Field(25.0, gt=1, le=200, description="hop between frames, ms (stream.hop_s must be a "
+                          "multiple of it)")
     # log-mel dynamic range kept below each clip's peak. 40 dB matches what the INT8 DFT output can carry
     # (127 amplitude steps = 42 dB); measured on the demo: 80 dB loses 13 pt UA at QAT, 55 dB 5 pt, 40 dB none.
-    top_db: float = Field(40.0, gt=0, le=200)
-    # DTFT sample points on a mel-spaced grid; the INT8 DFT conv (most of the student's MACs) scales with it
-    n_freqs: int = Field(100, ge=8, le=1024)
+    top_db: float = Field(40.0, gt=0, le=200, description="log-mel dynamic range kept below each clip's peak, dB")
+    n_freqs: int = Field(100, ge=8, le=1024, description="DTFT sample points on a mel-spaced grid; the INT8 DFT "
+                         "conv (most of the student's MACs) scales with it")
 
     def frontend(self) -> dict:
         return {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "hop_ms": self.hop_ms, "top_db": self.top_db,
@@ -149,15 +170,22 @@ class Student(_Section):
 
 
 class Distill(Train):
-    epochs: int = Field(20, ge=0, le=10_000)
-    lr: float = Field(3e-3, gt=0, le=10)
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.7, ge=0, le=1)
-    aug_views: int = Field(2, ge=0, le=32)  # augmented copies of the train set, teacher logits computed once
+    """Logit knowledge distillation from the teacher into the student (with optional feature hints)."""
+    epochs: int = Field(20, ge=0, le=10_000, description="distillation epochs; the weights of the best epoch on "
+                        "the validation split are kept")
+    lr: float = Field(3e-3, gt=0, le=10, description="AdamW learning rate (halved when validation UA stops "
+                      "improving)")
+    temperature: float = Field(4.0, gt=0, le=100, description="KD softmax temperature T (the KL term is scaled by "
+                               "T^2); prune and QAT use it too")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD term, 1 - alpha on the labels; prune and "
+                         "QAT (kd_from teacher) use it too")
+    aug_views: int = Field(2, ge=0, le=32, description="augmented copies of the train set, teacher logits "
+                           "computed once")
     # feature (hint) distillation: the student's pooled features regress the teacher's pooled features of
     # these trunk blocks (1 = conv1 ... 7 = conv7), weight `hint_weight`; empty = logit KD only
-    hint_layers: list[int] = Field(default_factory=list)
-    hint_weight: float = Field(0.5, ge=0, le=100)
+    hint_layers: list[int] = Field(default_factory=list, description="feature (hint) distillation from these "
+                                   "teacher blocks (1 = conv1 ... 7 = conv7); empty = logit KD only")
+    hint_weight: float = Field(0.5, ge=0, le=100, description="weight of the hint (feature) loss")
 
     @field_validator("hint_layers")
     @classmethod
@@ -168,19 +196,23 @@ class Distill(Train):
 
 
 class Prune(Train):
-    enabled: bool = True
+    """Channel pruning of the student, then KD fine-tuning (Train's fields apply to the fine-tuning)."""
+    enabled: bool = Field(True, description="false: the distilled student goes on unpruned")
     # ratio: remove `channel_ratio` of channels at once. macs / latency: remove `step_ratio` per step, with
     # `step_epochs` of KD fine-tuning between steps, until MACs per clip <= macs_budget, or the measured
     # onnxruntime INT8 latency (batch 1, 1 thread, calibrated but untrained Q/DQ) <= latency_ms.
-    target: Literal["ratio", "macs", "latency"] = "ratio"
-    channel_ratio: float = Field(0.5, ge=0, lt=1)
-    macs_budget: int | None = Field(None, gt=0)
-    latency_ms: float | None = Field(None, gt=0)
-    step_ratio: float = Field(0.15, gt=0, lt=1)
-    step_epochs: int = Field(1, ge=0, le=1000)
-    max_steps: int = Field(12, ge=1, le=100)
-    epochs: int = Field(5, ge=0, le=10_000)
-    lr: float = Field(1e-3, gt=0, le=10)
+    target: Literal["ratio", "macs", "latency"] = Field("ratio", description="ratio: remove `channel_ratio` at "
+                                                        "once; macs / latency: prune in steps until the budget holds")
+    channel_ratio: float = Field(0.5, ge=0, lt=1, description="target ratio: fraction of channels removed (0 = "
+                                 "none)")
+    macs_budget: int | None = Field(None, gt=0, description="target macs: prune until MACs per clip <= this")
+    latency_ms: float | None = Field(None, gt=0, description="target latency: prune until the measured onnxruntime "
+                                     "INT8 latency (p50, batch 1, 1 thread) <= this, ms")
+    step_ratio: float = Field(0.15, gt=0, lt=1, description="macs / latency: fraction of channels removed per step")
+    step_epochs: int = Field(1, ge=0, le=1000, description="macs / latency: epochs of KD fine-tuning between steps")
+    max_steps: int = Field(12, ge=1, le=100, description="macs / latency: at most this many pruning steps")
+    epochs: int = Field(5, ge=0, le=10_000, description="epochs of KD fine-tuning after pruning")
+    lr: float = Field(1e-3, gt=0, le=10, description="AdamW learning rate of the KD fine-tuning")
 
     @model_validator(mode="after")
     def _target(self):
@@ -192,62 +224,87 @@ class Prune(Train):
 
 
 class QAT(Train):
-    epochs: int = Field(4, ge=0, le=10_000)
+    """Quantisation-aware training to INT8 (BN folded, calibrated scales, KD loss)."""
+    epochs: int = Field(4, ge=0, le=10_000, description="QAT epochs; the best epoch is kept (kd_from student: the "
+                        "one agreeing best with the FP32 student)")
     # QAT fine-tunes a model that is already trained: a small lr and the FP32 student's own BN statistics keep
     # its decisions those of the FP32 student (measured on the demo, 640 clips: lr 3e-4 with BN updating for an
     # epoch agreed with FP32 on 98.0 % of clips, lr 1e-4 with BN frozen on 98.6 %; 99.1 % at 3x length)
-    lr: float = Field(1e-4, gt=0, le=10)
-    calib_batches: int = Field(8, ge=1, le=10_000)
-    freeze_observers_after: int = Field(2, ge=0)  # epochs with activation observers updating, then fixed
-    freeze_bn_after: int = Field(0, ge=0)  # epochs with (folded) BN statistics updating, then fixed
+    lr: float = Field(1e-4, gt=0, le=10, description="AdamW learning rate: small, so the INT8 model keeps the "
+                      "FP32 student's decisions")
+    calib_batches: int = Field(8, ge=1, le=10_000, description="train batches (of batch_size clips) that calibrate "
+                               "the activation scales before QAT")
+    freeze_observers_after: int = Field(2, ge=0, description="epochs with activation observers updating, then "
+                                        "fixed")
+    freeze_bn_after: int = Field(0, ge=0, description="epochs with (folded) BN statistics updating, then fixed")
     # KD targets: "student" = the FP32 student being quantised (its logits on the same views), so the INT8
     # model learns to make the FP32 model's decisions, which verify's agreement and robustness gates measure;
     # "teacher" = the teacher's cached logits, as distill and prune use. Measured on the demo: at 3x length
     # the QAT model agreed with its FP32 student on 96.9 % of held-out clips with "teacher" (see issue 11).
-    kd_from: Literal["student", "teacher"] = "student"
+    kd_from: Literal["student", "teacher"] = Field("student", description="KD targets: the FP32 student being "
+                                                   "quantised, or the teacher's cached logits")
     # the largest gain by which a quiet DFT output channel is scaled up to the loudest one's range before the
     # INT8 DFT's one output quantiser (1/gain^2 folded into its mel weights; QuantFrontend.equalise): one scale
     # for all bins left most DFT outputs below one int8 step (measured on the demo: the INT8 front-end alone
     # agreed with FP32 on 97.5 % of half-length clips). 1 switches it off.
-    dft_equalise: float = Field(64.0, ge=1, le=4096)
+    dft_equalise: float = Field(64.0, ge=1, le=4096, description="largest gain scaling a quiet DFT output channel "
+                                "up to the loudest one's range before the INT8 quantiser; 1 = off")
     # kd_from student: weight of the KD term (1 - alpha on the labels): 1.0 = learn the FP32 model's decisions
     # only; and the shortest random crop of each batch, as a fraction of its length (short input included)
-    alpha: float = Field(1.0, ge=0, le=1)
-    crop_min: float = Field(0.5, gt=0, le=1)
+    alpha: float = Field(1.0, ge=0, le=1, description="kd_from student: weight of the KD term (1 - alpha on the "
+                         "labels); 1.0 = the FP32 model's decisions only")
+    crop_min: float = Field(0.5, gt=0, le=1, description="kd_from student: the shortest random crop of each batch, "
+                            "as a fraction of its length")
 
 
 class Export(_Section):
+    """The artifacts to write into RUN/artifacts."""
     # qnn-htp needs a static-batch target (qualcomm-hexagon), so it is asked for by name, not by default
     formats: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: [a for a in ARTIFACTS if a != "qnn-htp"])
-    opset: int = Field(18, ge=17, le=20)
-    ptq_calib_clips: int = Field(128, ge=1, le=100_000)  # onnx-int8-ptq: train clips for MinMax calibration
+        default_factory=lambda: [a for a in ARTIFACTS if a != "qnn-htp"],
+        description="artifacts to export; qnn-htp needs a static-batch target (qualcomm-hexagon), so it is asked "
+                    "for by name")
+    opset: int = Field(18, ge=17, le=20, description="ONNX opset of the exported ONNX models")
+    ptq_calib_clips: int = Field(128, ge=1, le=100_000, description="onnx-int8-ptq: train clips for MinMax "
+                                 "calibration")
 
 
 class Verify(_Section):
-    max_ua_drop_pt: float | None = Field(3.0, ge=0, le=100)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_size_bytes: int | None = Field(None, gt=0)
-    min_agreement: float = Field(0.95, ge=0, le=1)
-    gate_artifacts: list[Literal[ARTIFACTS]] = Field(default_factory=lambda: ["onnx-int8"])  # type: ignore[valid-type]
-    latency_runs: int = Field(50, ge=3, le=100_000)
+    """The gates every run is checked against (`edgeser compress`, `edgeser verify`): exit 1 when one fails."""
+    max_ua_drop_pt: float | None = Field(3.0, ge=0, le=100, description="gate: largest UA drop of a gated artifact "
+                                         "against the teacher, percentage points (null = off)")
+    max_latency_ms: float | None = Field(None, gt=0, description="gate: largest p95 single-clip latency (1 thread) "
+                                         "of a gated artifact, ms (null = off)")
+    max_size_bytes: int | None = Field(None, gt=0, description="gate: largest size of a gated artifact, bytes "
+                                       "(null = off)")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="gate: least top-1 agreement of every verified "
+                                 "artifact with its PyTorch reference")
+    gate_artifacts: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["onnx-int8"],
+        description="the artifacts that the min_ua, UA-drop, latency and size gates apply to")
+    latency_runs: int = Field(50, ge=3, le=100_000, description="timed single-clip calls per artifact for its "
+                              "latency")
     # Each gated artifact's UA must reach min_ua with 95 % confidence: the gate compares the LOWER end of the
     # UA's bootstrap interval on the held-out clips, so a near-chance model cannot pass on a lucky small split
     # (48.8 % UA on 17 clips has an interval reaching down to chance). None (default) = chance + 0.10, i.e.
     # 1/k + 0.10 for k classes (0.35 for 4 classes, 0.60 for 2): a margin that only a model that learned
     # something clears, without presuming what a good UA is for a given corpus. 0 switches the gate off.
-    min_ua: float | None = Field(None, ge=0, le=1)
+    min_ua: float | None = Field(None, ge=0, le=1, description="gate: least lower end of a gated artifact's UA 95 % "
+                                 "interval; null = chance + 0.10, 0 = off")
     # The robustness suite (edgeser/robustness.py): the held-out clips at gains -40..+6 dB, in noise, with a DC
     # offset, band-limited, and at 0.5x/1x/3x length. Each deployed artifact's worst gain case (agreement with
     # its own decisions at 0 dB and with the FP32 student on the same input) and worst length case (agreement
     # with the FP32 student) must reach min_robust_agreement. Noise cases are reported, not gated.
-    robustness: bool = True
-    min_robust_agreement: float = Field(0.98, ge=0, le=1)
+    robustness: bool = Field(True, description="run the robustness suite (gain, noise, DC offset, band limit, "
+                             "length) on every deployed artifact")
+    min_robust_agreement: float = Field(0.98, ge=0, le=1, description="gate: least agreement of each deployed "
+                                        "artifact's worst gain case and worst length case")
     # qnn-htp runs on Qualcomm's HTP simulator here (about 0.5 s per 2 s clip): the suite's gated cases only,
     # on this many clips (classes in turn); every other artifact runs the whole suite on every held-out clip.
     # None (default) = every held-out clip. A number must be at least 3 / (1 - min_robust_agreement) (150 at
     # 0.98): on 32 clips one near-tie clip is 3.1 %, so the gate measured sampling, not the runtime.
-    simulated_clips: int | None = Field(None, ge=4, le=100_000)
+    simulated_clips: int | None = Field(None, ge=4, le=100_000, description="qnn-htp (simulated): the suite's gated "
+                                        "cases on this many clips; null = every held-out clip")
 
     @model_validator(mode="after")
     def _subset_resolves_the_gate(self):
@@ -262,26 +319,32 @@ class Verify(_Section):
 
 class Stream(_Section):
     """`edgeser stream`: sliding windows over live PCM (flags override these)."""
-    window_s: float | None = Field(None, gt=0.05, le=60)  # default: data.clip_seconds, what the student saw
-    hop_s: float = Field(0.5, gt=0, le=60)  # a multiple of student.hop_ms, so windows share cached frames
-    smoothing: Literal["ema", "median", "none"] = "ema"
-    ema_alpha: float = Field(0.5, gt=0, le=1)  # weight of the newest window
-    median_windows: int = Field(5, ge=1, le=1000)
+    window_s: float | None = Field(None, gt=0.05, le=60, description="window length, s; default: "
+                                   "data.clip_seconds, what the student saw")
+    hop_s: float = Field(0.5, gt=0, le=60, description="window hop, s: a multiple of student.hop_ms, so windows "
+                         "share cached frames")
+    smoothing: Literal["ema", "median", "none"] = Field("ema", description="smoothing of the class probabilities "
+                                                        "over windows")
+    ema_alpha: float = Field(0.5, gt=0, le=1, description="ema: weight of the newest window")
+    median_windows: int = Field(5, ge=1, le=1000, description="median: the running median covers this many windows")
 
 
 class Recipe(_Section):
-    name: str = "run"  # also the default run folder, runs/<name>
-    seed: int = 0
-    target: str = "cpu"
-    data: Data
-    teacher: Teacher = Teacher()
-    student: Student = Student()
-    distill: Distill = Distill()
-    prune: Prune = Prune()
-    qat: QAT = QAT()
-    export: Export = Export()
-    verify: Verify = Verify()
-    stream: Stream = Stream()
+    """An edgeser recipe: one YAML file from the corpus to the verified edge artifacts."""
+    name: str = Field("run", description="also the default run folder, runs/<name>")
+    seed: int = Field(0, description="the run's random seed (each stage derives its own from it)")
+    target: str = Field("cpu", description="device profile: a name in targets/ (cpu, jetson-orin, apple-ane, "
+                        "qualcomm-hexagon) or a profile .yaml file")
+    data: Data = Field(description="the corpus: exactly one of `manifest` or `synth`, the speaker split, "
+                       "augmentation")
+    teacher: Teacher = Field(Teacher(), description="the SoundNet-8 teacher, transferred to speech emotion")
+    student: Student = Field(Student(), description="the small log-mel student")
+    distill: Distill = Field(Distill(), description="knowledge distillation from the teacher into the student")
+    prune: Prune = Field(Prune(), description="channel pruning of the student, then KD fine-tuning")
+    qat: QAT = Field(QAT(), description="quantisation-aware training to INT8")
+    export: Export = Field(Export(), description="the artifacts to export")
+    verify: Verify = Field(Verify(), description="the gates every run must pass")
+    stream: Stream = Field(Stream(), description="`edgeser stream` settings (its flags override these)")
 
     @field_validator("name")
     @classmethod
