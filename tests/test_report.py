@@ -3,14 +3,17 @@ each row's reference model, confidence intervals, warnings, and the robustness s
 from __future__ import annotations
 
 import copy
+import math
 import re
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
+from markdown_it import MarkdownIt
 
-from edgeser.report import build_report, markdown, print_report
-from edgeser.report_html import render
+from edgeser.report import COLUMNS, build_report, gate_value, markdown, print_report, table_rows
+from edgeser.report_html import pareto_svg, render, waterfall_svg
 
 
 class _Dump:
@@ -113,6 +116,49 @@ def test_md_tables_have_as_many_cells_in_every_row(kw):
     header = tables[0][0]
     assert "max\\|Δ\\|" in header and "agree vs" in header  # the pipes survive, escaped
     assert "| coreml | int8 | skipped |" in md  # reasons with pipes stay out of the table's cells
+
+
+class HtmlTables(HTMLParser):
+    """Every <table> of an HTML page as rows of cell texts (header row included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self.cell.strip())
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+@pytest.mark.parametrize("kw", [{"low_gain": 0.80}, {"with_ci": False, "robust": False}])
+def test_md_tables_render_with_a_markdown_parser(kw):
+    """A GFM table parser turns each table into an HTML table with the cells where the writer put them. A header
+    whose cell count differs from the separator row's leaves no table at all; in body rows the parser pads or drops
+    cells silently, so the main table and the gates are compared cell by cell with the data they were built from."""
+    report = _report(**kw)
+    md = markdown(report)
+    p = HtmlTables()
+    p.feed(MarkdownIt("commonmark").enable("table").render(md))
+    n_md = sum(bool(re.fullmatch(r"\|(-+\|)+", line)) for line in md.splitlines())  # one separator row a table
+    assert len(p.tables) == n_md == (3 if kw.get("robust", True) else 2)
+    for t in p.tables:
+        assert all(len(row) == len(t[0]) for row in t), t
+    assert p.tables[0] == [COLUMNS] + table_rows(report)  # "max|Δ|" one header cell, each value in its column
+    assert p.tables[1][1:] == [[g["name"], str(g["limit"]), gate_value(g), "pass" if g["passed"] else "FAIL"]
+                               for g in report["gates"]]
 
 
 def test_each_row_says_what_agree_is_measured_against():
@@ -265,3 +311,120 @@ def test_console_report_prints_intervals_and_warnings_literally():
     out = console.export_text()
     assert "95.0 [91.2, 98.1]" in out and "1.2 [-2.0, 4.5]" in out  # brackets are text, not rich markup
     assert "warning" in out and "FAILED: gain -40 dB" in out
+
+
+# ---- report.html charts: each label by its own circle, no two labels over each other, an honest y axis
+
+NS = "{http://www.w3.org/2000/svg}"
+# runs/demo's artifacts (name, UA, p50 ms, bytes): four of them within 0.25 ms of each other
+DEMO = [("torchscript", 0.8575, 1.4215, 987_034), ("pt2", 0.8575, 11.652, 1_374_956),
+        ("onnx-fp32", 0.8625, 0.4108, 793_933), ("onnx-int8", 0.8575, 0.1662, 288_762),
+        ("onnx-int8-stream", 0.8575, 0.1798, 593_727), ("onnx-int8-ptq", 0.8575, 0.2486, 258_767)]
+CROWD = [(f"onnx-int8-v{i}", 0.90, 0.5, 300_000) for i in range(8)] + [("big", 0.91, 20.0, 3_000_000)]
+WATERFALL = [("teacher", 0.915), ("distill", 0.8675), ("prune", 0.8625), ("qat", 0.8575), ("torchscript", 0.8575),
+             ("pt2", 0.8575), ("onnx-fp32", 0.8625), ("onnx-int8", 0.8575), ("onnx-int8-stream", 0.8575),
+             ("onnx-int8-ptq", 0.8575)]
+
+
+def svg_root(svg: str) -> ET.Element:
+    root = ET.fromstring(svg)
+    assert root.tag == NS + "svg"
+    return root
+
+
+def text_box(t: ET.Element) -> list[tuple[float, float]]:
+    """The corners of a <text>'s estimated box: 0.6 em a character, 1 em tall, turned by its rotate() about its
+    anchor."""
+    x, y, size = float(t.get("x")), float(t.get("y")), float(t.get("font-size"))
+    w = 0.6 * size * len(t.text)
+    x0 = {"start": x, "middle": x - w / 2, "end": x - w}[t.get("text-anchor", "start")]
+    m = re.fullmatch(r"rotate\(([-\d.]+) ([-\d.]+) ([-\d.]+)\)", t.get("transform", "rotate(0 0 0)"))
+    a, ox, oy = map(float, m.groups())
+    assert a == 0 or (ox, oy) == (x, y)  # turned about its own anchor
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    return [(x + (px - x) * c - (py - y) * s, y + (px - x) * s + (py - y) * c)
+            for px, py in ((x0, y - 0.8 * size), (x0 + w, y - 0.8 * size), (x0 + w, y + 0.2 * size), (x0, y + 0.2 * size))]
+
+
+def overlap(p, q) -> bool:
+    """Two convex polygons intersect: no edge of either separates them."""
+    for poly in (p, q):
+        for (x1, y1), (x2, y2) in zip(poly, poly[1:] + poly[:1]):
+            a, b = [[(y2 - y1) * x - (x2 - x1) * y for x, y in r] for r in (p, q)]
+            if max(a) <= min(b) or max(b) <= min(a):
+                return False
+    return True
+
+
+def inside(poly, root) -> bool:
+    return all(0 <= x <= float(root.get("width")) and 0 <= y <= float(root.get("height")) for x, y in poly)
+
+
+def hits_circle(poly, cx, cy, r) -> bool:
+    xs, ys = [x for x, _ in poly], [y for _, y in poly]
+    return math.hypot(cx - min(max(cx, min(xs)), max(xs)), cy - min(max(cy, min(ys)), max(ys))) < r
+
+
+def _points(rows):
+    return [{"name": n, "ua": u, "latency_ms": {"p50": p}, "size_bytes": b} for n, u, p, b in rows]
+
+
+@pytest.mark.parametrize("rows", [DEMO, CROWD, DEMO[:1]], ids=["demo", "crowded", "one"])
+def test_pareto_labels_sit_by_their_own_circle_and_never_overlap(rows):
+    root = svg_root(pareto_svg(_points(rows)))
+    groups = root.findall(f"{NS}g[@class='point']")
+    assert len(groups) == len(rows)
+    pts = []
+    for g in groups:
+        c, t, line = g.find(NS + "circle"), g.find(NS + "text"), g.find(NS + "line")
+        cx, cy, r = (float(c.get(k)) for k in ("cx", "cy", "r"))
+        ax, ay = float(t.get("x")), float(t.get("y")) - 4  # the label's anchor, at mid-height
+        if line is None:  # beside its circle, just off the rim
+            assert abs(math.hypot(ax - cx, ay - cy) - r) <= 6, t.text
+        else:  # moved to a free row: a leader line joins the circle's centre to the label's anchor
+            x1, y1, x2, y2 = (float(line.get(k)) for k in ("x1", "y1", "x2", "y2"))
+            assert math.hypot(x1 - cx, y1 - cy) <= 1 and math.hypot(x2 - ax, y2 - ay) <= 1, t.text
+        ua, ms, kb = map(float, re.fullmatch(r"\S+ ([\d.]+)% · ([\d.]+) ms · (\d+) KB", t.text).groups())
+        pts.append((ua, ms, kb, cx, cy, r, text_box(t)))
+    # each label's figures belong to the circle it is attached to: order by x = by latency, by height = by UA ...
+    for a in pts:
+        for b in pts:
+            assert a[1] <= b[1] or a[3] >= b[3] - 1e-6
+            assert a[0] <= b[0] or a[4] <= b[4] + 1e-6
+            assert a[2] <= b[2] or a[5] >= b[5] - 0.1
+    for i, (*_, box) in enumerate(pts):
+        assert inside(box, root)
+        assert not any(hits_circle(box, *p[3:6]) for j, p in enumerate(pts) if j != i)  # ... and lies on no other
+        assert not any(overlap(box, p[6]) for p in pts[i + 1:])
+
+
+@pytest.mark.parametrize("n", [10, 4, 20])
+def test_waterfall_x_labels_do_not_overlap(n):
+    steps = [{"step": s, "ua": u} for s, u in (WATERFALL * 2)[:n]]
+    root = svg_root(waterfall_svg(steps))
+    boxes = [text_box(t) for t in root.iter(NS + "text") if t.get("class") == "xlabel"]
+    assert len(boxes) == n
+    for i, b in enumerate(boxes):
+        assert inside(b, root)
+        assert not any(overlap(b, c) for c in boxes[i + 1:])
+
+
+@pytest.mark.parametrize("low, origin", [(0.8575, 80), (0.93, 85), (0.03, 0)])
+def test_waterfall_says_where_its_y_axis_starts(low, origin):
+    root = svg_root(waterfall_svg([{"step": "teacher", "ua": 0.95}, {"step": "qat", "ua": low}]))
+    ticks = {int(t.text): float(t.get("y")) for t in root.iter(NS + "text") if t.get("class") == "ytick"}
+    base = max(float(r.get("y")) + float(r.get("height")) for r in root.iter(NS + "rect"))  # the bars' foot
+    assert min(ticks) == origin and abs(ticks[origin] - base) <= 6  # the lowest tick is where the bars stand
+    notes = [t.text for t in root.iter(NS + "text") if t.get("class") == "axis-note"]
+    marks = [p for p in root.iter(NS + "polyline") if p.get("class") == "axis-break"]
+    if origin:
+        assert len(notes) == 1 and notes[0].startswith(f"y axis starts at {origin} %, not 0") and len(marks) == 1
+    else:
+        assert notes == [] and marks == []
+
+
+def test_report_html_draws_both_charts():
+    html = render(_report())
+    assert len(re.findall(r'<svg class="waterfall"', html)) == 1 and len(re.findall(r'<svg class="pareto"', html)) == 1
+    for svg in re.findall(r'<svg class="(?:waterfall|pareto)".*?</svg>', html, re.S):
+        svg_root(svg)  # well-formed XML
