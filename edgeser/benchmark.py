@@ -14,6 +14,14 @@ its peak RSS. TorchScript and torch.export artifacts load as `edgeser.runtimes.l
 (torch_runner), but import the int8 Q/DQ ops (edgeser.quant.ops, torchao) only when the graph uses them;
 CoreML and TensorRT go through `load_runner`.
 
+A stream folder (the onnx-int8-stream artifact, RUN/artifacts/student_int8_stream: stream.json + step.onnx,
+frontend.onnx, body.onnx) is measured per window as `edgeser stream` runs it with the cache: one call is the
+cached per-hop step, i.e. the front-end on the hop's new audio plus the body on a whole window whose other frames
+come from the cache (step.onnx; frontend.onnx then body.onnx when the folder has no step.onnx, or when the hop
+is not shorter than the window so nothing is shared). Window and hop come from the run's recipe.json (stream
+section, else the training clip length and 0.5 s), --samples overrides the window; the row's note says what
+one call was. A full uncached window of the same model is the onnx-int8 file's row (student_int8.onnx).
+
 Memory figures are MiB (2**20 bytes).
 """
 from __future__ import annotations
@@ -40,9 +48,15 @@ SUFFIX_FORMATS = {
     ".plan": "tensorrt",
 }
 
-FIGURES = ("format", "status", "reason", "note", "batch", "threads", "samples", "p50_ms", "p95_ms", "p99_ms",
-           "mean_ms", "calls", "timed_s", "throughput_per_s", "peak_rss_mb", "model_rss_mb", "baseline_rss_mb",
-           "size_bytes")
+# the onnx-int8-stream folder, named as in edgeser.export.stream_export (which imports torch: the measuring
+# process of an ONNX artifact must not)
+STREAM_FORMAT = "onnx-stream"
+STREAM_CONFIG, STREAM_STEP, STREAM_FRONTEND, STREAM_BODY = "stream.json", "step.onnx", "frontend.onnx", "body.onnx"
+DEFAULT_STREAM_HOP_S = 0.5  # edgeser.recipe.Stream.hop_s
+
+FIGURES = ("format", "status", "reason", "note", "measures", "batch", "threads", "samples", "hop_samples", "p50_ms",
+           "p95_ms", "p99_ms", "mean_ms", "calls", "timed_s", "throughput_per_s", "peak_rss_mb", "model_rss_mb",
+           "baseline_rss_mb", "size_bytes")
 
 
 class BenchError(ValueError):
@@ -51,13 +65,37 @@ class BenchError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- parent side
 
+def is_stream_dir(path: Path) -> bool:
+    """A folder holding the onnx-int8-stream artifact (or what is left of one: _plan names a missing file)."""
+    path = Path(path)
+    return path.is_dir() and any((path / f).is_file() for f in (STREAM_CONFIG, STREAM_STEP, STREAM_BODY))
+
+
+def expand_artifacts(paths: Iterable[Path]) -> list[Path]:
+    """Command-line paths -> artifacts. A stream folder is one artifact; any other folder without an artifact
+    suffix (RUN/artifacts) gives what in it bench can measure, sorted by name: files and packages with a known
+    suffix, and stream folders. Everything else passes through, so a wrong path fails with its own message."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and p.suffix.lower() not in SUFFIX_FORMATS and not is_stream_dir(p):
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIX_FORMATS or is_stream_dir(f))
+        else:
+            out.append(p)
+    return out
+
+
 def artifact_format(path: Path) -> str:
     path = Path(path)
+    if is_stream_dir(path):
+        return STREAM_FORMAT
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         known = ", ".join(sorted(SUFFIX_FORMATS))
+        if path.is_dir():
+            raise BenchError(f"{path}: a folder, but not a stream artifact (no {STREAM_CONFIG}); bench knows {known} "
+                             f"and stream folders")
         raise BenchError(f"{path}: unknown artifact type {path.suffix or '(no suffix)'!r}; "
-                         f"bench knows {known}")
+                         f"bench knows {known} and stream folders")
     if not path.exists():
         raise BenchError(f"{path}: no such file")
     if fmt == "coreml" and path.suffix.lower() == ".mlpackage":
@@ -104,6 +142,79 @@ def recipe_samples(path: Path) -> tuple[int | None, Path]:
         raise BenchError(f"{recipe}: cannot read data.clip_seconds for {path} ({type(e).__name__}: {e})") from e
 
 
+def _recipe_stream(path: Path) -> tuple[float | None, float | None, Path]:
+    """(stream.window_s, stream.hop_s) from RUN/recipe.json next to RUN/artifacts/; None where it says nothing."""
+    recipe = Path(path).parent.parent / "recipe.json"
+    try:
+        stream = json.loads(recipe.read_text()).get("stream") or {}
+    except (OSError, ValueError, AttributeError):
+        return None, None, recipe
+    out = []
+    for key in ("window_s", "hop_s"):
+        v = stream.get(key) if isinstance(stream, dict) else None
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise BenchError(f"{recipe}: stream.{key} must be a positive number of seconds, got {v!r}")
+        out.append(None if v is None else float(v))
+    return out[0], out[1], recipe
+
+
+def _plan_stream(path: Path, row: dict, samples: int | None) -> dict:
+    """Geometry of one cached stream window, as edgeser.streaming.streamer.Streamer steps it."""
+    cfg_file = path / STREAM_CONFIG
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        sr, frame, hop, n_mels = (int(cfg[k]) for k in ("sample_rate", "frame_samples", "hop_samples", "n_mels"))
+        if min(sr, frame, hop, n_mels) < 1:
+            raise ValueError("a value below 1")
+    except OSError:
+        raise BenchError(f"{path}: missing {STREAM_CONFIG} (is this an onnx-int8-stream artifact?)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BenchError(f"{cfg_file}: cannot read sample_rate, frame_samples, hop_samples and n_mels "
+                         f"({type(e).__name__}: {e})") from None
+    window_s, hop_s, recipe = _recipe_stream(path)
+    if samples is not None:
+        window, where = samples, "--samples"
+    elif window_s is not None:
+        window, where = int(round(window_s * sr)), f"stream.window_s in {recipe}"
+    else:
+        window, recipe = recipe_samples(path)
+        where = f"data.clip_seconds in {recipe}"
+        if window is None:
+            window, where = cfg.get("clip_samples"), f"clip_samples in {cfg_file}"
+            if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+                raise BenchError(f"{path}: cannot tell the window length (no {recipe}, no clip_samples in "
+                                 f"{cfg_file}); give the number of samples (--samples)")
+    step = int(round((hop_s or DEFAULT_STREAM_HOP_S) * sr))
+    if window < frame:
+        raise BenchError(f"{path}: a window of {window} samples ({where}) is shorter than one {frame}-sample frame")
+    if step % hop:
+        raise BenchError(f"{path}: the stream hop of {step} samples (stream.hop_s in {recipe}) is not a multiple of "
+                         f"the {hop}-sample frame hop, so windows could not share frames")
+    win_frames, step_frames = (window - frame) // hop + 1, step // hop
+    cached = win_frames - step_frames
+    has = {f: (path / f).is_file() for f in (STREAM_STEP, STREAM_FRONTEND, STREAM_BODY)}
+    mode = "step" if cached > 0 and has[STREAM_STEP] else "split"
+    missing = [] if mode == "step" else [f for f in (STREAM_FRONTEND, STREAM_BODY) if not has[f]]
+    if missing:
+        if cached > 0:  # either one-call path would do
+            missing.insert(0, STREAM_STEP)
+        raise BenchError(f"{path}: missing {' and '.join(missing)} (is this an onnx-int8-stream artifact?)")
+    new = (step_frames - 1) * hop + frame if cached > 0 else window
+    geometry = f"per {window / sr:g} s window every {step / sr:g} s"
+    if cached <= 0:
+        what = f"nothing cached (hop >= window): {STREAM_FRONTEND} then {STREAM_BODY} on the whole window"
+    elif mode == "step":
+        what = f"cached: {STREAM_STEP} on {new} new samples + {cached} cached frames"
+    else:
+        what = f"cached: {STREAM_FRONTEND} on {new} new samples, {STREAM_BODY} on those + {cached} cached frames"
+    row.update(samples=window, hop_samples=step,
+               measures="cached stream step (per window)" if cached > 0 else "stream window, nothing cached",
+               stream={"mode": mode, "new_samples": new, "cached_frames": max(cached, 0), "n_mels": n_mels,
+                       "frame_samples": frame, "hop_samples": hop})
+    return {"note": f"{geometry}, {what}; clips/s = windows/s"
+                    + (f"; {row['batch']} streams per call" if row["batch"] > 1 else "")}
+
+
 def runtime_missing(fmt: str) -> str | None:
     """Why this machine cannot run the format at all, or None."""
     if fmt == "coreml" and sys.platform != "darwin":
@@ -120,8 +231,8 @@ def _plan(path: Path, threads: int, batch: int, samples: int | None) -> dict:
     """Row skeleton with the resolved input shape; raises BenchError on bad input."""
     fmt = artifact_format(path)
     row = {"path": str(path), "name": path.name, "format": fmt, "status": "ok", "reason": "", "note": "",
-           "threads": threads, "requested_batch": batch, "batch": batch, "samples": samples,
-           "size_bytes": size_bytes(path)}
+           "measures": "one call on whole clips", "threads": threads, "requested_batch": batch, "batch": batch,
+           "samples": samples, "hop_samples": None, "size_bytes": size_bytes(path)}
     for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "calls", "timed_s", "throughput_per_s",
               "peak_rss_mb", "model_rss_mb", "baseline_rss_mb"):
         row[k] = None
@@ -130,6 +241,10 @@ def _plan(path: Path, threads: int, batch: int, samples: int | None) -> dict:
     if missing:
         row.update(status="skipped", reason=missing)
     fixed = None
+    if fmt == STREAM_FORMAT:
+        notes.append(_plan_stream(path, row, samples)["note"])
+        row["note"] = "; ".join(notes)
+        return row
     if fmt == "onnx":
         shape = onnx_input_shape(path)
         if len(shape) != 2:
@@ -169,7 +284,8 @@ def _measure_in_child(row: dict, runs: int, min_seconds: float, max_runs: int, m
         out = Path(tmp) / "result.json"
         cfg = {"path": str(Path(row["path"]).resolve()), "format": row["format"], "threads": row["threads"],
                "batch": row["batch"], "samples": row["samples"], "runs": runs, "min_seconds": min_seconds,
-               "max_runs": max_runs, "max_seconds": max_seconds, "warmup": warmup, "out": str(out)}
+               "max_runs": max_runs, "max_seconds": max_seconds, "warmup": warmup, "out": str(out),
+               "stream": row.get("stream")}
         cmd = [sys.executable, "-c", "from edgeser.benchmark import _child_main; _child_main()", json.dumps(cfg)]
         try:
             proc = subprocess.run(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -238,7 +354,9 @@ def bench_table(rows: list[dict]):
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title="edgeser bench (latency per call; memory in MiB)")
+    per = "latency per call; a stream folder's call is one window" if any(
+        r["format"] == STREAM_FORMAT for r in rows) else "latency per call"
+    t = Table(title=f"edgeser bench ({per}; memory in MiB)")
     for col, just in (("artifact", "left"), ("format", "left"), ("status", "left"), ("batch", "right"),
                       ("threads", "right"), ("p50 ms", "right"), ("p95 ms", "right"), ("p99 ms", "right"),
                       ("clips/s", "right"), ("peak RSS", "right"), ("model RSS", "right"), ("size", "right"),
@@ -352,6 +470,41 @@ def _onnx_call(path: str, threads: int):
     return lambda x: sess.run(None, {name: x})[0]
 
 
+def _stream_call(folder: str, threads: int, batch: int, g: dict):
+    """One cached stream window (see _plan_stream) as a no-argument call. The cached frames are real frames of
+    noise, computed once here (not timed)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+
+    def session(name):
+        return ort.InferenceSession(str(Path(folder) / name), so, providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    new = (rng.standard_normal((batch, g["new_samples"])) * 0.1).astype(np.float32)
+    n, hop, frame = g["cached_frames"], g["hop_samples"], g["frame_samples"]
+    prime = (rng.standard_normal((batch, max(n - 1, 0) * hop + frame)) * 0.1).astype(np.float32)
+    if g["mode"] == "step":
+        step = session(STREAM_STEP)
+        a, c = (i.name for i in step.get_inputs())
+        # step(audio, cached) returns (logits, cached ++ frames(audio)): one dummy frame gives frames(prime)
+        cached = step.run(None, {a: prime, c: np.zeros((batch, g["n_mels"], 1), np.float32)})[1][:, :, 1:]
+        cached = np.ascontiguousarray(cached)
+        return lambda: step.run(None, {a: new, c: cached})[0]
+    fe, body = session(STREAM_FRONTEND), session(STREAM_BODY)
+    fa, bf = fe.get_inputs()[0].name, body.get_inputs()[0].name
+    cached = fe.run(None, {fa: prime})[0] if n else None
+
+    def call():
+        frames = fe.run(None, {fa: new})[0]
+        return body.run(None, {bf: frames if cached is None else np.concatenate([cached, frames], axis=2)})[0]
+
+    return call
+
+
 def _measure(cfg: dict) -> dict:
     import gc
 
@@ -359,7 +512,7 @@ def _measure(cfg: dict) -> dict:
 
     fmt, threads, batch, samples = cfg["format"], cfg["threads"], cfg["batch"], cfg["samples"]
     note = []
-    if fmt == "onnx":
+    if fmt in ("onnx", STREAM_FORMAT):
         import onnxruntime  # noqa: F401  (imported before the baseline)
     else:
         import torch
@@ -376,7 +529,10 @@ def _measure(cfg: dict) -> dict:
     x = (np.random.default_rng(0).standard_normal((batch, samples)) * 0.1).astype(np.float32)
     gc.collect()
     base_kib = _rss_now_kib()
-    if fmt == "onnx":
+    if fmt == STREAM_FORMAT:
+        run_window = _stream_call(cfg["path"], threads, batch, cfg["stream"])
+        call = lambda a: run_window()  # noqa: E731  (its inputs are the stream's, built above)
+    elif fmt == "onnx":
         call = _onnx_call(cfg["path"], threads)
     else:
         if fmt == "torchscript":

@@ -281,3 +281,69 @@ def test_cli_bench_folder_and_bad_input(tiny_run, tmp_path):
     assert r.exit_code == 2 and "no artifacts" in r.output
     r = runner.invoke(app, ["bench", str(tmp_path / "nope.onnx")])
     assert r.exit_code == 2 and "nope.onnx" in r.output
+
+
+def _stream_run(tiny_run, dst: Path) -> Path:
+    """A copy of the tiny run's recipe.json, student_int8.onnx and stream folder: RUN/artifacts/ with nothing that
+    needs torch in the measuring process (fast)."""
+    import shutil
+
+    run_dir, _ = tiny_run
+    (dst / "artifacts").mkdir(parents=True)
+    shutil.copy(run_dir / "recipe.json", dst / "recipe.json")
+    shutil.copy(run_dir / "artifacts/student_int8.onnx", dst / "artifacts/student_int8.onnx")
+    shutil.copytree(run_dir / "artifacts/student_int8_stream", dst / "artifacts/student_int8_stream")
+    return dst / "artifacts"
+
+
+# the tiny recipe: 1 s windows (data.clip_seconds) every 0.5 s; 801-sample frames every 400 samples
+STEP_NOTE = "per 1 s window every 0.5 s, cached: step.onnx on 8401 new samples + 18 cached frames"
+
+
+def _check_stream_row(a: dict) -> None:
+    assert a["format"] == "onnx-stream" and a["status"] == "ok", a["reason"]
+    assert a["measures"] == "cached stream step (per window)" and STEP_NOTE in a["note"], a["note"]
+    assert a["samples"] == 16000 and a["hop_samples"] == 8000
+    assert a["p50_ms"] > 0 and a["calls"] >= 5 and a["model_rss_mb"] >= 0
+
+
+def test_cli_bench_artifacts_folder_includes_the_stream(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeser.benchmark import expand_artifacts
+    from edgeser.cli import app
+
+    run_dir, _ = tiny_run
+    assert run_dir / "artifacts/student_int8_stream" in expand_artifacts([run_dir / "artifacts"])
+    art = _stream_run(tiny_run, tmp_path / "run")
+    r = CliRunner().invoke(app, ["bench", str(art), "--runs", "5", "--seconds", "0"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert list(summary["artifacts"]) == ["student_int8.onnx", "student_int8_stream"]
+    _check_stream_row(summary["artifacts"]["student_int8_stream"])
+    assert summary["artifacts"]["student_int8.onnx"]["measures"] == "one call on whole clips"
+    table = "\n".join(r.stdout.strip().splitlines()[:-1])
+    assert "student_int8_stream" in table and "cached" in table  # the table says what was timed
+
+
+def test_cli_bench_stream_folder_directly(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeser.cli import app
+
+    art = _stream_run(tiny_run, tmp_path / "run")
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", str(art / "student_int8_stream"), "--runs", "5", "--seconds", "0"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert list(summary["artifacts"]) == ["student_int8_stream"]
+    _check_stream_row(summary["artifacts"]["student_int8_stream"])
+    # an older folder without step.onnx: the same window in two calls, front-end then body
+    (art / "student_int8_stream/step.onnx").unlink()
+    (row,) = bench_artifacts([art / "student_int8_stream"], **FAST)
+    assert row["status"] == "ok" and row["p50_ms"] > 0, row["reason"]
+    assert "frontend.onnx on 8401 new samples, body.onnx on those + 18 cached frames" in row["note"], row["note"]
+    # nothing left to run it with: exit 2 naming what is missing
+    (art / "student_int8_stream/body.onnx").unlink()
+    r = runner.invoke(app, ["bench", str(art / "student_int8_stream")])
+    assert r.exit_code == 2 and "step.onnx and body.onnx" in r.output, r.output

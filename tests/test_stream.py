@@ -224,3 +224,58 @@ def test_cli_wav_and_stdin(arts, signal, tmp_path):
 def test_cli_bad_input_exits_2(arts, args, needle):
     r = runner.invoke(app, ["stream", str(arts / "student_int8_stream"), *args], input=b"")
     assert r.exit_code == 2 and needle in r.output, r.output
+
+
+def test_cli_plain_onnx_streams_without_cache_and_says_so(arts, signal, tmp_path):
+    """A plain .onnx needs no --no-cache: it streams every window whole, with one note on stderr, and decides as
+    the cached stream folder does on the same audio (within INT8's own error, as assert_cache_matches)."""
+    wav = tmp_path / "s.wav"
+    sf.write(wav, signal, 16000, subtype="FLOAT")  # the very samples `signal` holds
+    out = {}
+    for name in ("student_int8.onnx", "student_int8_stream"):
+        r = runner.invoke(app, ["stream", str(arts / name), "--wav", str(wav), "--smooth", "none"])
+        assert r.exit_code == 0, r.output
+        out[name] = r
+    plain, cached = out["student_int8.onnx"], out["student_int8_stream"]
+    notes = [ln for ln in plain.stderr.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "plain ONNX" in notes[0] and "without the cache" in notes[0], plain.stderr
+    assert "cache off" in plain.stderr and "cache on" in cached.stderr
+    assert "note:" not in cached.stderr
+    ev = {k: [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")] for k, r in out.items()}
+    assert len(ev["student_int8.onnx"]) == len(ev["student_int8_stream"]) == 15  # 8 s, 1 s windows every 0.5 s
+    assert [e["start"] for e in ev["student_int8.onnx"]] == [e["start"] for e in ev["student_int8_stream"]]
+    # the logits behind those lines: the same stream through the library, then INT8's tolerance
+    a = np.stack(stream_array(StreamModel(arts / "student_int8_stream"), signal, StreamSettings(1.0, 0.5, "none"),
+                              cache=True).logits)
+    b = np.stack(stream_array(StreamModel(arts / "student_int8.onnx"), signal, StreamSettings(1.0, 0.5, "none"),
+                              cache=False).logits)
+    assert_cache_matches(a, b, arts, signal, 1.0, 0.5)
+    classes = StreamModel(arts / "student_int8.onnx").classes
+    assert [e["raw_label"] for e in ev["student_int8.onnx"]] == [classes[i] for i in b.argmax(1)]
+    assert [e["raw_label"] for e in ev["student_int8_stream"]] == [classes[i] for i in a.argmax(1)]
+    # --no-cache asked for it: no note
+    r = runner.invoke(app, ["stream", str(arts / "student_int8.onnx"), "--wav", str(wav), "--no-cache"])
+    assert r.exit_code == 0 and "note:" not in r.stderr, r.output
+
+
+def test_plain_onnx_window_from_an_older_recipe_or_flag(arts, tiny_run, tmp_path):
+    """The window of a dynamic-length ONNX comes from the run's recipe.json, even one that today's validation
+    rejects for an unrelated field; outside a run folder --window is needed (exit 2 naming it)."""
+    from edgeser.streaming.streamer import resolve_settings
+
+    run = tmp_path / "old_run"
+    (run / "artifacts").mkdir(parents=True)
+    onnx = run / "artifacts" / "student_int8.onnx"
+    onnx.write_bytes((arts / "student_int8.onnx").read_bytes())
+    raw = json.loads((tiny_run[0] / "recipe.json").read_text())
+    raw["stream"] = {**raw.get("stream", {}), "window_s": 0.75, "hop_s": 0.25}
+    raw["verify"]["no_such_gate"] = 1  # what a newer edgeser rejects
+    (run / "recipe.json").write_text(json.dumps(raw))
+    s = resolve_settings(StreamModel(onnx))
+    assert (s.window_s, s.hop_s) == (0.75, 0.25)
+    (run / "recipe.json").unlink()
+    with pytest.raises(StreamError, match="--window"):
+        resolve_settings(StreamModel(onnx))
+    r = runner.invoke(app, ["stream", str(onnx), "--stdin"], input=b"")
+    assert r.exit_code == 2 and "--window" in r.output, r.output
+    assert resolve_settings(StreamModel(onnx), window=1.0).window_s == 1.0

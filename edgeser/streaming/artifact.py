@@ -113,16 +113,34 @@ class StreamModel:
         return self._timed(self.whole, {self.input_name: x})[0]
 
 
-def run_recipe(artifact: Path, recipe: Path | None):
-    """The recipe behind a stream: --recipe if given, else RUN/recipe.json beside RUN/artifacts/, else None."""
-    from edgeser.recipe import load_recipe, validate
+def run_stream_config(artifact: Path, recipe: Path | None):
+    """(stream section, data.clip_seconds) behind a stream: from --recipe if given (validated; RecipeError), else
+    from RUN/recipe.json beside RUN/artifacts/, else (None, None). A saved recipe.json that today's validation
+    rejects for an unrelated field (an older run, a gate added since) still gives its stream section and clip
+    length: those are all a stream needs, and falling back to defaults would change the window silently."""
+    from edgeser.recipe import Stream, load_recipe, validate
 
     if recipe is not None:
-        return load_recipe(recipe)
+        r = load_recipe(recipe)
+        return r.stream, r.data.clip_seconds
     saved = Path(artifact).resolve().parent.parent / "recipe.json"
-    if saved.is_file():
-        try:
-            return validate(json.loads(saved.read_text()))
-        except ValueError:  # an older or foreign recipe.json: fall back to the artifact's own defaults
-            return None
-    return None
+    try:
+        raw = json.loads(saved.read_text())
+    except (OSError, ValueError):  # no run folder around the artifact, or not JSON
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    try:
+        r = validate(json.loads(json.dumps(raw)))  # a copy: validate applies overrides in place
+        return r.stream, r.data.clip_seconds
+    except ValueError:
+        pass
+    try:
+        stream = Stream.model_validate(raw.get("stream") or {})
+    except ValueError:
+        stream = None
+    try:
+        clip = float(raw["data"]["clip_seconds"])
+    except (KeyError, TypeError, ValueError):
+        clip = None
+    return stream, clip if clip and clip > 0 else None

@@ -27,6 +27,26 @@ class StreamSettings:
     median_windows: int = 5
 
 
+def resolve_settings(model: StreamModel, recipe=None, window: float | None = None, hop: float | None = None,
+                     smoothing: str | None = None) -> StreamSettings:
+    """Flags first, then the recipe's `stream` section (--recipe, else the run's recipe.json beside
+    RUN/artifacts/), then the artifact's own clip length. The window defaults to stream.window_s, else the
+    training clip length; a dynamic-length ONNX outside a run folder has neither: StreamError asks for --window."""
+    from edgeser.streaming.artifact import run_stream_config
+
+    cfg, clip_s = run_stream_config(model.path, recipe)
+    if window is None:
+        window = (cfg.window_s if cfg else None) or clip_s or (model.clip_samples / model.sr if model.clip_samples
+                                                                 else None)
+    if window is None:
+        raise StreamError(f"window: {model.path} takes any length and no recipe says which (it is not in a "
+                          f"RUN/artifacts folder with RUN/recipe.json); give --window SECONDS or --recipe")
+    if hop is None:
+        hop = cfg.hop_s if cfg else 0.5
+    return StreamSettings(window_s=window, hop_s=hop, smoothing=smoothing or (cfg.smoothing if cfg else "ema"),
+                          ema_alpha=cfg.ema_alpha if cfg else 0.5, median_windows=cfg.median_windows if cfg else 5)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max())
     return e / e.sum()
