@@ -43,6 +43,10 @@ def preflight(recipe: Recipe) -> None:
                               f"{type(e).__name__}: {why}") from None
 
 
+# the stage running now, for the command line's Ctrl-C message (empty between stages)
+RUNNING: dict = {}
+
+
 def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show_progress: bool = True,
              until: str = "report", resume: bool = False) -> dict:
     """Run the stages in order up to and including `until` (`teacher` for `edgeser finetune`).
@@ -85,7 +89,9 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
                         old.unlink()
                 seed_everything(recipe.seed + 1000 * i)
                 ctx.stage, ctx.stage_key = name, key
+                RUNNING.update(stage=name, run_dir=str(run_dir))
                 result = fn(ctx)
+                RUNNING.clear()
                 ctx.stage = ctx.stage_key = None
                 if name == "data":  # the loaded corpus itself, so a changed file changes every key after it
                     key = stage_key(recipe_json, name, {"key": corpus_digest(ctx.corpus), "outputs": {}})

@@ -143,3 +143,21 @@ def test_logits_from_a_classifier_prediction_follow_the_class_order():
     assert got.tolist() == [[-1.0, 0.5, 3.0]]
     plain = np.zeros((1, 3), np.float32)
     assert logits_from_prediction({"logits": plain}, "logits", ["a", "b", "c"]) is plain
+
+
+def test_float_logits_from_an_int8_head_pass_but_a_float_output_mid_body_fails(tmp_path):
+    """The head's int8 x int8 layer may give float logits (the project's graphs do); a body layer whose output
+    is not re-quantised before the next layer is W8A16 there and fails. The front-end stays the float ops before
+    the last quantize, not the whole model (which would run the body in fp32)."""
+    ok = tmp_path / "head.mlpackage"
+    export_coreml(TinySER(quant_dft=True, float_logits=True), torch.randn(SHAPE), ok)
+    res = _check(ok, frontend_ops_allowed=20)
+    assert res["passed"], res["violations"]
+    assert res["frontend_float_layers"] == ["conv1d", "matmul"] and "linear" not in res["frontend_ops"]
+    _, dtypes = _op_dtypes(ok)
+    from coremltools.proto import MIL_pb2
+    assert dtypes["conv1d_1_cast_fp16"] == MIL_pb2.DataType.Value("FLOAT16")  # the body still runs in fp16
+    bad = tmp_path / "w8a16.mlpackage"
+    export_coreml(TinySER(quant_dft=True, float_logits=True, w8a16_c2=True), torch.randn(SHAPE), bad)
+    res = _check(bad, frontend_ops_allowed=20)
+    assert not res["passed"] and any("W8A16" in v for v in res["violations"]), res["violations"]

@@ -252,3 +252,21 @@ def test_ci_example_runs_as_written(tiny_run, tmp_path):
     assert suite.get("failures") == "0" and int(suite.get("tests")) >= 8
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["with"]["path"] == "verify.xml" and upload.get("if") == "always()"
+
+
+def test_verify_accepts_a_file_inside_the_run_and_names_the_folder(tiny_run):
+    run_dir, _ = tiny_run
+    res = runner.invoke(app, ["verify", str(run_dir / "report.json"), "--artifact", "onnx-int8"])
+    assert res.exit_code == 0, res.output
+    assert f"run folder: {run_dir}" in _one_line(res.output)
+    res = runner.invoke(app, ["verify", str(run_dir / "artifacts" / "student_int8.onnx"), "--artifact", "onnx-int8"])
+    assert res.exit_code == 0 and f"run folder: {run_dir}" in _one_line(res.output)
+
+
+def test_verify_refuses_overrides_it_would_ignore(tiny_run):
+    run_dir, _ = tiny_run
+    res = runner.invoke(app, ["verify", str(run_dir), "--set", "distill.epochs=3"])
+    assert res.exit_code == 2
+    assert "--set distill.epochs: verify only re-checks gates" in _one_line(res.output)
+    res = runner.invoke(app, ["verify", str(run_dir), "--set", "verify.min_agreement=1.01"])
+    assert res.exit_code == 2 and "verify.min_agreement" in res.output  # still validated by the schema

@@ -35,12 +35,14 @@ PASSIVE_OPS = CONSTANT_OPS | DATA_MOVE_OPS | {"quantize", "dequantize"}
 WEIGHT_LAYER_OPS = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
 
 
-def _frontend_end(nodes) -> tuple[int, list[int]]:
+def _frontend_end(nodes) -> tuple[int, list[int], set[int]]:
     """``nodes``: ``[(op_type, input_names, output_names)]`` in program order.
 
-    Returns (index one past the front-end, indices of float compute ops), where a float
-    compute op is one not sandwiched ``dequantize -> op -> quantize``.  No quantize at all
-    means there is no front-end (the whole model is checked as body).
+    Returns (index one past the front-end, indices of float compute ops, indices of ops whose activations all
+    come from ``dequantize``), where a float compute op is one not sandwiched ``dequantize -> op -> quantize``.
+    The front-end is the float ops before the last ``quantize``; after it only the tail (the classifier head's
+    int8 x int8 layer with float logits) may follow. No quantize at all means there is no front-end (the whole
+    model is checked as body).
     """
     prod = {o: i for i, (_, _, outs) in enumerate(nodes) for o in outs}
     cons = defaultdict(list)
@@ -61,11 +63,14 @@ def _frontend_end(nodes) -> tuple[int, list[int]]:
         return bool(users) and all(nodes[j][0] == "quantize" or (
             nodes[j][0] in DATA_MOVE_OPS and all(to_q(o) for o in nodes[j][2])) for j in users)
 
+    dq_fed = {i for i in range(len(nodes)) if all(from_dq(n) for n in acts(i))}
     floats = [i for i, (t, _, outs) in enumerate(nodes) if t not in PASSIVE_OPS
-              and not (all(from_dq(n) for n in acts(i)) and all(to_q(o) for o in outs))]
-    if not any(t == "quantize" for t, _, _ in nodes):
-        return 0, floats
-    return (floats[-1] + 1 if floats else 0), floats
+              and not (i in dq_fed and all(to_q(o) for o in outs))]
+    quantizes = [i for i, (t, _, _) in enumerate(nodes) if t == "quantize"]
+    if not quantizes:
+        return 0, floats, dq_fed
+    front = [i for i in floats if i < quantizes[-1]]
+    return (front[-1] + 1 if front else 0), floats, dq_fed
 
 
 def _mil_nodes(ops):
@@ -83,7 +88,7 @@ def _fp32_frontend_selector():
         block = op.enclosing_block
         if id(block) not in cache:  # analyse once, before the pass has rewritten anything
             ops = list(block.operations)
-            end, _ = _frontend_end(_mil_nodes(ops))
+            end, _, _ = _frontend_end(_mil_nodes(ops))
             cache[id(block)] = {o.name for o in ops[:end]}
         front = cache[id(block)]
         if op.op_type in CONSTEXPR_OPS:  # decompress weights in their consumer's precision
@@ -263,7 +268,7 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
               [o.name for o in op.outputs]) for op in ops]
     names = [outs_[0] if outs_ else t for t, _, outs_ in nodes]
     producer = {o: op for op, (_, _, outs_) in zip(ops, nodes) for o in outs_}
-    end, floats = _frontend_end(nodes)
+    end, floats, dq_fed = _frontend_end(nodes)
     counts = Counter(op.type for op in ops)
     if not counts["quantize"]:
         v.append("activations: no quantize op found (model is not activation-quantised)")
@@ -298,7 +303,7 @@ def check_coreml_spec(mlpackage_path, *, input_name: str, input_shape, output_na
             continue  # activation x activation matmul: not a weight layer
         if is_int8(w):
             int8_layers += 1
-            if i in floats:
+            if i in floats and (i not in dq_fed or i < end):  # int8 x int8 with float logits is W8A8 too
                 v.append(f"layer {names[i]!r} ({op.type}): int8 weight but activations not "
                          "quantised (not between dequantize and quantize; W8A16)")
         elif i < end:
