@@ -120,15 +120,20 @@ def find_run_folder(path: Path) -> Path:
                       "recipe.json here or above)")
 
 
+# what `verify --set` may change: the gates, and how a --data manifest is read
+VERIFY_SETTABLE = ("verify.", "data.root", "data.allow_outside_root", "data.label_map")
+
+
 def verify_overrides(sets: list[str]) -> list[str]:
-    """`verify --set` changes gates only: any key outside verify.* is refused (exit 2), not silently ignored."""
+    """`verify --set` changes gates (and how --data is read) only: any other key is refused (exit 2), not
+    silently ignored."""
     from edgeser.recipe import parse_overrides
 
     for key, _ in parse_overrides(sets):
-        if not key.startswith("verify."):
-            raise RecipeError(f"--set {key}: verify only re-checks gates, so only verify.* fields can be "
-                              "overridden (e.g. --set verify.min_agreement=0.99); re-run `edgeser compress` to "
-                              "change the models")
+        if not key.startswith(VERIFY_SETTABLE):
+            raise RecipeError(f"--set {key}: verify only re-checks gates, so only verify.* fields (and data.root, "
+                              "data.allow_outside_root, data.label_map for --data) can be overridden (e.g. --set "
+                              "verify.min_agreement=0.99); re-run `edgeser compress` to change the models")
     return sets
 
 
@@ -143,7 +148,8 @@ def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `
                                                "clips"),
            set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
                                                     help="override a gate, e.g. --set verify.min_agreement=0.99 "
-                                                         "(verify.* fields only)")):
+                                                         "(verify.* fields; data.root, data.allow_outside_root "
+                                                         "and data.label_map for --data)")):
     """Re-check exported artifacts in CI: sha256 against manifest.json, accuracy, agreement, latency and
     size gates on the held-out split. Exit 0 all pass, 1 a gate failed or a file changed, 2 bad input."""
     from rich.markup import escape

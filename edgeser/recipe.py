@@ -301,20 +301,10 @@ class Verify(_Section):
                                         "artifact's worst gain case and worst length case")
     # qnn-htp runs on Qualcomm's HTP simulator here (about 0.5 s per 2 s clip): the suite's gated cases only,
     # on this many clips (classes in turn); every other artifact runs the whole suite on every held-out clip.
-    # None (default) = every held-out clip. A number must be at least 3 / (1 - min_robust_agreement) (150 at
-    # 0.98): on 32 clips one near-tie clip is 3.1 %, so the gate measured sampling, not the runtime.
+    # None (default) = every held-out clip. A smaller number is raised to 3 / (1 - min_robust_agreement) (150 at
+    # 0.98), and the report says so: on 32 clips one near-tie clip is 3.1 %, so the gate measured sampling.
     simulated_clips: int | None = Field(None, ge=4, le=100_000, description="qnn-htp (simulated): the suite's gated "
                                         "cases on this many clips; null = every held-out clip")
-
-    @model_validator(mode="after")
-    def _subset_resolves_the_gate(self):
-        need = math.ceil(3 / max(1e-9, 1 - self.min_robust_agreement) - 1e-9)
-        if self.robustness and self.simulated_clips is not None and self.simulated_clips < need:
-            raise ValueError(f"verify.simulated_clips: {self.simulated_clips} clips cannot resolve "
-                             f"verify.min_robust_agreement={self.min_robust_agreement} (one clip would be "
-                             f"{100 / self.simulated_clips:.1f} %); give at least {need}, or null for every "
-                             "held-out clip")
-        return self
 
 
 class Stream(_Section):

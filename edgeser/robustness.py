@@ -15,6 +15,8 @@ FP32's own decisions, so they are reported but not gated (issue 11, point 4). Th
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -148,6 +150,14 @@ class Suite:
         return out | {"reference": self.reference, "n": int(len(self.y) if idx is None else len(idx)), "cases": rows,
                 "min_gain_agreement": min(min(r["agree_ref"], r["agree_self"]) for r in gains),
                 "min_length_agreement": min([r["agree_ref"] for r in lengths if r["gated"]] or [1.0])}
+
+
+def resolving_clips(requested: int | None, gate: float) -> int | None:
+    """A simulator subset large enough for the gate to allow 3 disagreeing clips: at least 3 / (1 - gate)
+    (150 at 0.98). None stays None (every clip)."""
+    if requested is None:
+        return None
+    return max(int(requested), math.ceil(3 / max(1e-9, 1 - gate) - 1e-9))
 
 
 def subset_indices(y: np.ndarray, n: int) -> np.ndarray:

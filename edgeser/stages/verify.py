@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeser.fileio import sha256, size_bytes
 from edgeser.metrics import classification_metrics
-from edgeser.robustness import run_audio
+from edgeser.robustness import resolving_clips, run_audio
 from edgeser.runtimes import latency_ms, load_runner, torch_runner
 from edgeser.stages.common import Context, load_student
 from edgeser.stages.qat import load_qat
@@ -167,7 +167,8 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
         if progress:
             progress.update(task, description=f"verify {rec['name']}")
         a = verify_artifact(rec, run_dir, audio, y, classes, refs[rec["reference"]], recipe.verify.latency_runs,
-                            suite if rec.get("role") != "baseline" else None, recipe.verify.simulated_clips)
+                            suite if rec.get("role") != "baseline" else None,
+                            resolving_clips(recipe.verify.simulated_clips, recipe.verify.min_robust_agreement))
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
         pred = a.pop("pred", None)
         if a["status"] == "verified":
