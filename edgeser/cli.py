@@ -46,6 +46,9 @@ def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str, re
                                      resume=resume)
     except RecipeError as e:
         _bad_input(str(e))
+    except KeyboardInterrupt:  # inside the command: click would otherwise turn it into a bare exit
+        _interrupted()
+        raise typer.Exit(130)
 
 
 def _other_ranks_exit() -> None:
@@ -361,19 +364,25 @@ def recipe_schema(out: Optional[Path] = typer.Option(None, "--out", help="write 
     console.print(f"wrote {out}", markup=False, highlight=False)
 
 
+def _interrupted() -> None:
+    """The Ctrl-C message: which stage stopped, and the command that continues."""
+    from edgeser.pipeline import RUNNING
+
+    if RUNNING:
+        argv = " ".join(_COMMAND.get("argv", []))
+        err.print(f"interrupted during stage {RUNNING['stage']} of {RUNNING['run_dir']}. Finished stages and "
+                  f"the last epoch checkpoint are kept: `edgeser {argv} --resume` continues from there.",
+                  highlight=False, markup=False)
+        RUNNING.clear()
+    else:
+        err.print("interrupted", highlight=False)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        from edgeser.pipeline import RUNNING
-
-        if RUNNING:
-            argv = " ".join(_COMMAND.get("argv", []))
-            err.print(f"interrupted during stage {RUNNING['stage']} of {RUNNING['run_dir']}. Finished stages and "
-                      f"the last epoch checkpoint are kept: `edgeser {argv} --resume` continues from there.",
-                      highlight=False, markup=False)
-        else:
-            err.print("interrupted", highlight=False)
+        _interrupted()
         sys.exit(130)
 
 
