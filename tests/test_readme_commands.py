@@ -110,7 +110,7 @@ def _repo_path(argv: list[str]) -> list[str]:
     return [str(REPO / a) if a.startswith(REPO_DIRS) else a for a in argv]
 
 
-def test_readme_commands_run_from_another_folder(tmp_path, monkeypatch):
+def test_readme_commands_run_from_another_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # compress, as in the README (its --set and --out kept), with tiny sizes; then --resume skips every stage
     compress = _repo_path(_readme("compress --recipe recipes/jetson.yaml --set"))
@@ -140,6 +140,11 @@ def test_readme_commands_run_from_another_folder(tmp_path, monkeypatch):
     pcm = struct.pack(f"<{16000 * 3}h", *(np.sin(np.arange(16000 * 3) * 0.05) * 8000).astype(int))
     res = _ok([art if a == "ART" else a for a in stdin], input=pcm)
     assert res.output.count('"label"') >= 2
+
+    # the README's "use the artifact in your app" example, on this run's artifact and talk.wav
+    app_example = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "InferenceSession" in b)
+    exec(compile(app_example.replace("runs/demo/", "runs/jetson/"), "README", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines()[-1] in ("neutral", "happy", "sad", "angry")
 
     # bench of the artifacts folder, as written
     bench = _readme("bench runs/demo/artifacts")
