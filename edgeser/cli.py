@@ -15,10 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Compress speech-emotion models for edge devices.")
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                        help="Corpora: import IEMOCAP, RAVDESS, CREMA-D, EmoDB or a folder; generate the synthetic one.")
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", short_help="import a corpus, or write the synthetic one")
 recipe_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                          help="The recipe's options: every default with its description, and the JSON Schema.")
-app.add_typer(recipe_app, name="recipe")
+app.add_typer(recipe_app, name="recipe", short_help="every option with its default; the JSON Schema")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -70,7 +70,7 @@ RESUME = typer.Option(False, "--resume", help="skip stages finished with the sam
                                               "the last epoch checkpoint")
 
 
-@app.command()
+@app.command(short_help="run the whole pipeline from a recipe")
 def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
              no_progress: bool = NO_PROGRESS, resume: bool = RESUME):
     """Run the whole pipeline from one recipe and verify every artifact."""
@@ -83,7 +83,7 @@ def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     raise typer.Exit(0 if report["passed"] else 1)
 
 
-@app.command()
+@app.command(short_help="train the teacher only (SoundNet-8 transfer)")
 def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Optional[Path] = OUT,
              no_progress: bool = NO_PROGRESS, resume: bool = RESUME):
     """Transfer SoundNet-8 to speech emotion (the teacher stage of `compress`, on its own)."""
@@ -140,7 +140,7 @@ def verify_overrides(sets: list[str]) -> list[str]:
     return sets
 
 
-@app.command()
+@app.command(short_help="re-check a run's artifacts and gates (CI)")
 def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `edgeser compress` run folder (or a "
                                           "file in it, e.g. RUN/report.json)"),
            artifact: Optional[str] = typer.Option(None, "--artifact", metavar="NAME",
@@ -199,7 +199,7 @@ def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `
     raise typer.Exit(0 if result["passed"] else 1)
 
 
-@app.command()
+@app.command(short_help="latency, throughput and memory of artifacts")
 def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, stream folders, or a folder such as "
                                                            "RUN/artifacts"),
           threads: int = typer.Option(1, "--threads", min=1, help="intra-op threads"),
@@ -225,7 +225,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact files, stre
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="emotion timeline over live or recorded audio")
 def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8_stream (cached) or an .onnx "
                                                      "(every window recomputed)"),
            wav: Optional[Path] = typer.Option(None, "--wav", help="audio file (any rate; resampled to 16 kHz)"),
@@ -281,7 +281,7 @@ def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8
                   f"of {s['frames_uncached']} ({100 * s['frontend_saving']:.0f} % of front-end work saved)")
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="write the built-in synthetic corpus")
 def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
                seed: int = typer.Option(0, "--seed"),
                clips_per_class: int = typer.Option(160, "--clips-per-class", help="clips per class, all speakers"),
@@ -302,7 +302,7 @@ def data_synth(out: Path = typer.Option(..., "--out", help="output folder"),
     console.print(f"wrote {path}")
 
 
-@data_app.command("import")
+@data_app.command("import", short_help="write a manifest CSV for a corpus")
 def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, ravdess, crema-d, emodb or folder "
                                            "(SRC/<label>/<speaker>/…/*.wav, or SRC/<label>/*.wav with "
                                            "--speaker-pattern)"),
