@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from edgeser.cli import app
 from edgeser.data.importers import DUPLICATE, import_corpus
 from edgeser.data.manifest import read_manifest
 from edgeser.recipe import RecipeError
@@ -318,3 +319,16 @@ def test_crema_d_wav_and_mp3_copies_count_once(tmp_path):
     s = import_corpus("crema-d", src, src / "m.csv")
     assert _rows(src / "m.csv") == {"1001_DFA_ANG_XX": ("angry", "1001", ""), "1002_DFA_SAD_XX": ("sad", "1002", "")}
     assert "AudioWAV/1001_DFA_ANG_XX.wav" in (src / "m.csv").read_text() and s["rows"] == 2
+
+
+def test_import_table_reads_at_80_columns_with_a_long_output_path(tmp_path, monkeypatch):
+    """The summary table's title once held the output path and wrapped over three lines at 80 columns."""
+    for label, spk in (("happy", "a"), ("sad", "b"), ("happy", "c"), ("sad", "c")):
+        _wav(tmp_path / "src" / label / spk / f"{spk}.wav")
+    out = tmp_path / ("a_long_folder_name_" * 4) / "manifest.csv"
+    monkeypatch.setenv("COLUMNS", "80")
+    res = CliRunner().invoke(app, ["data", "import", "folder", str(tmp_path / "src"), "--out", str(out)],
+                             terminal_width=80)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].strip() == "folder import" and str(out) not in "".join(lines[:3])

@@ -307,7 +307,7 @@ def summary_table(summary: dict):
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=escape(f"{summary['kind']} -> {summary['out']}"))
+    t = Table(title=escape(f"{summary['kind']} import"))  # the path goes on the 'wrote' line
     t.add_column("label")
     t.add_column("clips", justify="right")
     t.add_column("e.g.")
