@@ -96,6 +96,39 @@ def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     console.print(f"model: {run_dir / 'stages/teacher/model.pt'}")
 
 
+@app.command(short_help="k-fold speaker-independent cross-validation")
+def cv(recipe: Path = RECIPE, set_: Optional[List[str]] = SET,
+       folds: Optional[int] = typer.Option(None, "--folds", metavar="N", help="N speaker folds (default 5): "
+                                           "speakers dealt into N groups balanced by clip count, from data.seed"),
+       by: str = typer.Option("speaker", "--by", metavar="speaker|session", help="session: leave-one-session-out, "
+                              "one fold per manifest session (IEMOCAP)"),
+       jobs: int = typer.Option(1, "--jobs", metavar="J", help="folds run at once, each in its own process"),
+       out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="cv folder (default "
+                                          "runs/<recipe name>-cv); fold K runs in DIR/fold-K"),
+       no_progress: bool = NO_PROGRESS, resume: bool = RESUME):
+    """Cross-validate: the whole pipeline once per fold (RUN/fold-K), each fold's test set one speaker group
+    (--folds N) or one session (--by session); then RUN/cv.json, cv.md and cv.html with the mean ± std over folds
+    of UA, WA and macro-F1 for the teacher, each stage and each artifact. Exit 0 when every fold's gates pass,
+    1 when a gate fails in any fold, 2 on bad input."""
+    from edgeser.cv import run_cv
+    from edgeser.cv_report import print_cv
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        run_dir = out or Path("runs") / f"{r.name}-cv"
+        _COMMAND.update(argv=[a for a in sys.argv[1:] if a != "--resume"], run_dir=str(run_dir))
+        summary = run_cv(r, run_dir, folds=folds, by=by, jobs=jobs, resume=resume, console=console,
+                         show_progress=not no_progress)
+    except RecipeError as e:
+        _bad_input(str(e))
+    except KeyboardInterrupt:
+        _interrupted()
+        raise typer.Exit(130)
+    print_cv(console, summary, r.name)
+    console.print(f"report: {run_dir / 'cv.md'}", highlight=False)
+    raise typer.Exit(0 if summary["passed"] else 1)
+
+
 def _version(value: bool):
     if value:
         from edgeser.resume import package_version

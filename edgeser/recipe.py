@@ -64,6 +64,9 @@ class Data(_Section):
     label_map: dict[str, str] = Field(default_factory=dict, description="relabel rows, e.g. {excited: happy}; "
                                       "applied before `classes`")
     fold: str | None = Field(None, description="leave-one-session-out: this manifest `session` is the test set")
+    fold_of: tuple[int, int] | None = Field(None, description="speaker k-fold (`edgeser cv`): [k, N] makes the k-th "
+                                            "of N speaker folds (from 1) the test set; speakers go to folds from "
+                                            "`seed`, balanced by clip count")
     augment: Augment = Field(Augment(), description="training-time augmentation; each switch is independent")
     clip_seconds: float = Field(2.0, gt=0.1, le=60, description="clip length the models see, seconds: longer audio "
                                 "is centre-cropped, shorter zero-padded")
@@ -88,6 +91,16 @@ class Data(_Section):
                              "the recipe's data.synth, and the reverse)")
         if self.val_speakers + self.test_speakers >= 0.9:
             raise ValueError("val_speakers + test_speakers must leave speakers to train on (< 0.9)")
+        return self
+
+    @model_validator(mode="after")
+    def _fold_of(self):
+        if self.fold_of is not None:
+            k, n = self.fold_of
+            if n < 2 or not 1 <= k <= n:
+                raise ValueError(f"data.fold_of: [{k}, {n}] must be [k, N] with N >= 2 folds and 1 <= k <= N")
+            if self.fold is not None:
+                raise ValueError("give at most one of data.fold (a session) and data.fold_of (a speaker fold)")
         return self
 
 

@@ -49,7 +49,7 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     if len(classes) < 2:
         raise RecipeError("data.classes: need at least 2 classes")
     n = int(cfg.clip_seconds * cfg.sample_rate)
-    parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold)
+    parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold, cfg.fold_of)
     skipped: Counter = Counter()
     splits = {}
     done = 0

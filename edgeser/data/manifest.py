@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,27 +75,55 @@ def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | Non
     return items
 
 
+def speaker_folds(items: list[Item], n_folds: int, seed: int) -> list[list[str]]:
+    """Speakers dealt into `n_folds` groups (`edgeser cv`, data.fold_of), deterministic from `seed`: in a
+    seeded random order, most clips first, each speaker joins the group with the fewest clips so far (then the
+    fewest speakers, then the lowest index), so groups are balanced by clip count. Each group sorted."""
+    clips = Counter(it.speaker for it in items)
+    if n_folds > len(clips):
+        raise RecipeError(f"data.fold_of: {n_folds} folds but only {len(clips)} speakers (each fold's test set is "
+                          "at least one speaker)")
+    speakers = sorted(clips)
+    order = [speakers[i] for i in np.random.default_rng([seed, n_folds]).permutation(len(speakers))]
+    order.sort(key=lambda s: -clips[s])  # stable: speakers with equal counts keep the seeded order
+    groups: list[list[str]] = [[] for _ in range(n_folds)]
+    sizes = [0] * n_folds
+    for spk in order:
+        i = min(range(n_folds), key=lambda g: (sizes[g], len(groups[g]), g))
+        groups[i].append(spk)
+        sizes[i] += clips[spk]
+    return [sorted(g) for g in groups]
+
+
 def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: int,
-                  fold: str | None = None) -> dict[str, list[Item]]:
+                  fold: str | None = None, fold_of: tuple[int, int] | None = None) -> dict[str, list[Item]]:
     """Split by speaker: no speaker appears in two splits. At least one speaker per split.
 
     With `fold`, the test split is that session (leave-one-session-out, e.g. IEMOCAP) and the validation
-    speakers are drawn from the other sessions.
+    speakers are drawn from the other sessions. With `fold_of` = (k, N), the test split is the k-th of N speaker
+    groups (speaker_folds) and the validation speakers are drawn from the other groups.
     """
     speakers = sorted({it.speaker for it in items})
     if len(speakers) < 3:
         raise RecipeError(f"data: need at least 3 speakers for speaker-independent splits, found {len(speakers)}")
     rng = np.random.default_rng(seed)
     order = [speakers[i] for i in rng.permutation(len(speakers))]
-    if fold is not None:
-        sessions = sorted({it.session for it in items if it.session})
-        if fold not in sessions:
-            raise RecipeError(f"data.fold: session {fold!r} not in the manifest (sessions: {', '.join(sessions) or 'none'})")
-        test = {it.speaker for it in items if it.session == fold}
+    if fold is not None or fold_of is not None:
+        if fold_of is not None:
+            test = set(speaker_folds(items, fold_of[1], seed)[fold_of[0] - 1])
+            field, what = "data.fold_of", "fold"
+        else:
+            sessions = sorted({it.session for it in items if it.session})
+            if fold not in sessions:
+                raise RecipeError(f"data.fold: session {fold!r} not in the manifest (sessions: "
+                                  f"{', '.join(sessions) or 'none'})")
+            test = {it.speaker for it in items if it.session == fold}
+            field, what = "data.fold", "session"
         rest = [s for s in order if s not in test]
         n_val = max(1, round(val_frac * len(rest)))
         if n_val >= len(rest):
-            raise RecipeError("data.fold: too few speakers outside the test session for validation and training")
+            raise RecipeError(f"{field}: too few speakers outside the test {what} for validation and training "
+                              f"({len(rest)}; need at least 2)")
         val = set(rest[:n_val])
         split = {"train": [], "val": [], "test": []}
         for it in items:
