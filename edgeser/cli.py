@@ -342,6 +342,8 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
                 src: Path = typer.Argument(..., metavar="SRC", help="the corpus's root folder"),
                 out: Path = typer.Option(..., "--out", help="manifest CSV to write (path,label,speaker,session)"),
                 four_class: bool = typer.Option(False, "--four-class", help="keep neutral/happy/sad/angry; excited→happy"),
+                self_ratings: bool = typer.Option(False, "--self-ratings", help="iemocap only: count the actors' "
+                                                  "ratings of themselves (C-F/C-M lines) among the annotator votes"),
                 speaker_pattern: Optional[str] = typer.Option(
                     None, "--speaker-pattern", metavar="REGEX",
                     help="folder only: the speaker is group 1 of REGEX, searched in each file name without its "
@@ -350,13 +352,15 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
                          "no speaker folder is its own speaker (a warning: splits are then not speaker-independent)")):
     """Write a manifest CSV for a published corpus from its file-naming convention. Audio is WAV, FLAC, OGG or
     MP3 (what this libsndfile decodes); each file is checked, and skipped files are counted by reason with
-    example paths."""
+    example paths. IEMOCAP's evaluator labels and CREMA-D's ratings (finishedResponses.csv in SRC or SRC/..)
+    go into a `votes` column (recipe data.labels)."""
     from rich.markup import escape
 
     from edgeser.data.importers import import_corpus, summary_table
 
     try:
-        summary = import_corpus(kind.lower(), src, out, four_class=four_class, speaker_pattern=speaker_pattern)
+        summary = import_corpus(kind.lower(), src, out, four_class=four_class, speaker_pattern=speaker_pattern,
+                                self_ratings=self_ratings)
     except (RecipeError, OSError) as e:
         _bad_input(str(e))
     console.print(summary_table(summary))

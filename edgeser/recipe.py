@@ -56,13 +56,22 @@ class Augment(_Section):
 
 class Data(_Section):
     """The corpus: exactly one of `manifest` (your own CSV) or `synth` (the built-in synthetic corpus)."""
-    manifest: Path | None = Field(None, description="manifest CSV (path,label,speaker[,session]; paths relative to "
-                                  "the CSV); give this or `synth`")
+    manifest: Path | None = Field(None, description="manifest CSV (path,label,speaker[,session,votes]; paths "
+                                  "relative to the CSV); give this or `synth`")
     synth: SynthData | None = Field(None, description="the built-in synthetic corpus; give this or `manifest`")
     classes: list[str] | None = Field(None, description="the classes to keep, in this order (default: every label "
                                       "in the manifest, sorted)")
     label_map: dict[str, str] = Field(default_factory=dict, description="relabel rows, e.g. {excited: happy}; "
                                       "applied before `classes`")
+    # Rows with annotator votes (the manifest's optional `votes` column, edgeser/data/votes.py): their label is
+    # the majority of their votes in either mode (a tie that includes the row's own label goes to it, any other
+    # tie to the tied class listed first in `classes`); evaluation always scores that label. soft: the teacher
+    # and students also learn the vote distribution (KL divergence), each example weighted by the inverse
+    # frequency of its majority class; rows without votes learn their one-hot label.
+    labels: Literal["majority", "soft"] = Field("majority", description="rows with annotator votes (manifest "
+                                                "`votes` column): majority = train on the majority label (ties: "
+                                                "the row's own label, else the first in `classes`); soft = train "
+                                                "on the vote distribution (KL divergence), class-balanced")
     fold: str | None = Field(None, description="leave-one-session-out: this manifest `session` is the test set")
     fold_of: tuple[int, int] | None = Field(None, description="speaker k-fold (`edgeser cv`): [k, N] makes the k-th "
                                             "of N speaker folds (from 1) the test set; speakers go to folds from "

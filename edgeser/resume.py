@@ -52,6 +52,8 @@ def corpus_digest(corpus) -> str:
         h.update(s.x.contiguous().numpy().tobytes())
         h.update(s.y.numpy().tobytes())
         h.update(json.dumps(list(s.speakers)).encode())
+        if getattr(s, "target", None) is not None:  # vote distributions (data.labels: soft)
+            h.update(s.target.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

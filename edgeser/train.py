@@ -53,12 +53,50 @@ def evaluate(model, split, classes) -> dict:
     return classification_metrics(split.y.numpy(), logits.argmax(1).numpy(), classes)
 
 
-def kd_loss(student_logits, teacher_logits, y, temperature: float, alpha: float):
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y)."""
+def kd_loss(student_logits, teacher_logits, y, temperature: float, alpha: float, labels: Callable | None = None,
+            idx=None):
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y); with `labels` (label_loss), the
+    label term is labels(student_logits, y, idx) instead (the vote distributions of data.labels: soft)."""
     t = temperature
     kl = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                   log_target=True, reduction="batchmean")
-    return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student_logits, y)
+    hard = F.cross_entropy(student_logits, y) if labels is None else labels(student_logits, y, idx)
+    return alpha * t * t * kl + (1 - alpha) * hard
+
+
+def class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse class frequency, N / (C * n_c) over the C classes present (0 for absent ones): the weights of
+    the examples average 1, and each class carries the same total weight."""
+    counts = torch.bincount(y, minlength=n_classes).float()
+    present = int((counts > 0).sum())
+    return torch.where(counts > 0, len(y) / (present * counts.clamp(min=1)), torch.zeros(()))
+
+
+def soft_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows of KL(target || softmax(logits)), each row times its `weight`: the cross-entropy (less
+    the targets' entropy, a constant) against a distribution; F.cross_entropy(logits, y) for one-hot targets."""
+    kl = F.kl_div(F.log_softmax(logits, 1), target, reduction="none").sum(1)
+    return kl.mean() if weight is None else (kl * weight).mean()
+
+
+def label_loss(split, n_classes: int) -> Callable | None:
+    """The label term for batches of `split` (rows idx < len(split.y); extra rows, e.g. SMOTE, after them):
+    None (plain cross-entropy on y) unless the split carries vote distributions (split.target, data.labels:
+    soft); then soft_loss against them, each example weighted by class_weights of its majority class y. Extra
+    rows and rows without votes have one-hot targets."""
+    target = getattr(split, "target", None)
+    if target is None:
+        return None
+    weights, n = class_weights(split.y, n_classes), len(split.y)
+
+    def loss(logits, y, idx):
+        t = F.one_hot(y, n_classes).to(logits.dtype)
+        if idx is not None:
+            real = idx < n
+            t[real] = target[idx[real]].to(logits.dtype)
+        return soft_loss(logits, t, weights[y])
+
+    return loss
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -58,13 +58,14 @@ def mmd_rbf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 
 
-def teacher_loss(cfg: Teacher, source: torch.Tensor | None, seed: int):
-    """CE, or ce_weight CE + mmd_weight MMD(source-domain, target-domain features) when source audio exists."""
+def teacher_loss(cfg: Teacher, source: torch.Tensor | None, seed: int, labels=None):
+    """CE, or ce_weight CE + mmd_weight MMD(source-domain, target-domain features) when source audio exists.
+    `labels` (train.label_loss): the label term instead of CE on y, e.g. against vote distributions."""
     gen = torch.Generator().manual_seed(seed)
 
     def loss(model: SoundNet8, x, y, idx):
         h = model.embed(x)
-        ce = F.cross_entropy(model.head(h), y)
+        ce = F.cross_entropy(model.head(h), y) if labels is None else labels(model.head(h), y, idx)
         if source is None or cfg.mmd_weight == 0:
             return ce
         pick = torch.randint(0, len(source), (len(x),), generator=gen)

@@ -10,7 +10,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from edgeser.cli import app
-from edgeser.data.importers import DUPLICATE, import_corpus
+from edgeser.data.importers import (DUPLICATE, RATING_NO_AUDIO, RATING_UNKNOWN, RATINGS_NO_MATCH, RATINGS_UNUSABLE,
+                                    VOTE_MALFORMED, VOTE_REPEATED, VOTE_UNKNOWN, import_corpus)
 from edgeser.data.manifest import read_manifest
 from edgeser.recipe import RecipeError
 
@@ -27,7 +28,7 @@ def _rows(manifest: Path) -> dict[str, tuple[str, str, str]]:
     """stem -> (label, speaker, session); also checks that every path is relative and resolves to a file."""
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "speaker", "session"]
+    assert list(rows[0]) in (["path", "label", "speaker", "session"], ["path", "label", "speaker", "session", "votes"])
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     for r in rows:
         assert not Path(r["path"]).is_absolute() and "\\" not in r["path"]
@@ -332,3 +333,137 @@ def test_import_table_reads_at_80_columns_with_a_long_output_path(tmp_path, monk
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].strip() == "folder import" and str(out) not in "".join(lines[:3])
+
+
+def _votes(manifest: Path) -> dict[str, str]:
+    """stem -> the votes cell ({} when the manifest has no votes column)."""
+    with open(manifest, newline="") as f:
+        return {Path(r["path"]).stem: r["votes"] for r in csv.DictReader(f) if "votes" in r}
+
+
+EMO_VOTES = """% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]
+C-E1:\tAnger;\t()
+[1.0000 - 2.0000]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]
+C-E1:\tNeutral state;\t()
+C-E2:\tFrustration; Anger;\t(annoyed; a bit)
+C-E3:\tNeutral;\t()
+C-F1:\tAnger;\t()
+A-E1:\tval 3; act 2; dom  2;\t()
+
+[3.0000 - 4.0000]\tSes01F_impro01_M000\tang\t[2.0000, 4.0000, 4.0000]
+C-E1:\tAnger;\t()
+C-E2:\tFrustration;\t()
+C-E3:\tExcited; Happiness; Excited;\t()
+C-M1:\tSadness;\t()
+C-E4:\tBoredom;\t()
+C-E5 Anger;
+C-E6:\t\t()
+C-E1:\tSadness;\t()
+[5.0000 - 6.0000]\tSes01F_impro01_F001\texc\t[4.0000, 4.0000, 3.0000]
+C-E1:\tExcited;\t()
+C-E2:\tOther:amused;\t()
+[7.0000 - 8.0000]\tSes01F_impro01_M001\tsad\t[2.0000, 2.0000, 2.0000]
+[9.0000 - 9.5000]\tSes01F_impro01_F002\tneu\t[2.5000, 2.5000, 2.5000]
+C-E1:\tFrustration;\t()
+"""
+
+
+def _iemocap_votes(root: Path) -> Path:
+    eva = root / "Session1/dialog/EmoEvaluation"
+    eva.mkdir(parents=True)
+    (eva / "Ses01F_impro01.txt").write_text(EMO_VOTES)
+    for u in ("F000", "M000", "F001", "M001", "F002"):
+        _wav(root / f"Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_{u}.wav")
+    return root
+
+
+def test_iemocap_votes(tmp_path):
+    """Every evaluator's labels (k labels: 1/k each), self-ratings only on request, bad lines counted by reason."""
+    src = _iemocap_votes(tmp_path / "IEMOCAP")
+    s = import_corpus("iemocap", src, src / "m.csv")
+    assert _votes(src / "m.csv") == {"Ses01F_impro01_F000": "neutral:2;angry:0.5;frustrated:0.5",
+                                     "Ses01F_impro01_M000": "happy:0.5;excited:0.5;angry:1;frustrated:1",
+                                     "Ses01F_impro01_F001": "excited:1;other:1",
+                                     "Ses01F_impro01_M001": "",
+                                     "Ses01F_impro01_F002": "frustrated:1"}
+    assert _rows(src / "m.csv")["Ses01F_impro01_M000"] == ("angry", "1M", "1")  # the consensus label stays
+    txt = "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"
+    assert s["skipped"] == {VOTE_MALFORMED: 3, VOTE_UNKNOWN: 1, VOTE_REPEATED: 1} and s["voted"] == 4
+    assert s["examples"][VOTE_MALFORMED] == [f"{txt}:2", f"{txt}:16", f"{txt}:17"]  # line 2: before any utterance
+    assert s["examples"][VOTE_UNKNOWN] == [f"{txt}:15"] and s["examples"][VOTE_REPEATED] == [f"{txt}:18"]
+    items = {it.path.stem: dict(it.votes) for it in read_manifest(src / "m.csv")}
+    assert items["Ses01F_impro01_F000"] == {"neutral": 2, "angry": 0.5, "frustrated": 0.5}
+    assert items["Ses01F_impro01_M001"] == {}
+
+    import_corpus("iemocap", src, src / "self.csv", self_ratings=True)
+    got = _votes(src / "self.csv")
+    assert got["Ses01F_impro01_F000"] == "neutral:2;angry:1.5;frustrated:0.5"
+    assert got["Ses01F_impro01_M000"] == "happy:0.5;excited:0.5;sad:1;angry:1;frustrated:1"
+
+    s = import_corpus("iemocap", src, src / "m4.csv", four_class=True)
+    assert _votes(src / "m4.csv") == {"Ses01F_impro01_F000": "neutral:2;angry:0.5",  # frustrated dropped
+                                      "Ses01F_impro01_M000": "happy:1;angry:1",  # excited + happy
+                                      "Ses01F_impro01_F001": "happy:1",  # exc -> happy; other dropped
+                                      "Ses01F_impro01_M001": "",
+                                      "Ses01F_impro01_F002": ""}  # no vote left: keeps its label, no votes
+    assert _rows(src / "m4.csv")["Ses01F_impro01_F002"] == ("neutral", "1F", "1") and s["voted"] == 3
+
+
+def test_iemocap_votes_cli(tmp_path):
+    src = _iemocap_votes(tmp_path / "IEMOCAP")
+    res = CliRunner().invoke(app, ["data", "import", "iemocap", str(src), "--out", str(src / "m.csv"),
+                                   "--self-ratings"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "with annotator votes" in res.output and "malformed evaluator line" in res.output
+    assert "Ses01F_impro01.txt:16" in res.output
+    res = CliRunner().invoke(app, ["data", "import", "ravdess", str(src), "--out", str(tmp_path / "r.csv"),
+                                   "--self-ratings"])
+    assert res.exit_code == 2 and "--self-ratings" in res.output and not (tmp_path / "r.csv").exists()
+
+
+RATINGS_HEADER = (",localid,pos,ans,ttr,queryType,numTries,clipNum,questNum,subType,clipName,sessionNums,respEmo,"
+                  "respLevel,dispEmo,dispVal,dispLevel\n")
+
+
+def _ratings(path: Path, rows: list[tuple[str, str, int]]) -> None:
+    """CREMA-D's finishedResponses.csv with (clipName, respEmo, queryType) ratings."""
+    lines = [f"{i},r{i},1,{emo}_50,900,{q},0,1,1,4,{clip},s{i},{emo},50,A,50,X"
+             for i, (clip, emo, q) in enumerate(rows)]
+    path.write_text(RATINGS_HEADER + "\n".join(lines) + "\n")
+
+
+def _crema(root: Path) -> Path:
+    for name in ("1001_DFA_ANG_XX", "1002_DFA_SAD_XX", "1003_DFA_NEU_XX"):
+        _wav(root / "AudioWAV" / f"{name}.wav")
+    return root
+
+
+@pytest.mark.parametrize("where", ["src", "parent"])
+def test_crema_d_ratings(tmp_path, where):
+    root = _crema(tmp_path / "CREMA-D")
+    _ratings(root / "finishedResponses.csv", [
+        ("1001_DFA_ANG_XX", "A", 1), ("1001_DFA_ANG_XX", "A", 1), ("1001_DFA_ANG_XX", "N", 1),
+        ("1001_DFA_ANG_XX", "S", 2), ("1001_DFA_ANG_XX", "S", 3),  # face-only and audio-visual: not heard
+        ("1002_DFA_SAD_XX", "X", 1), ("1002_DFA_SAD_XX", "S", 1),  # X: an unknown code
+        ("1099_DFA_ANG_XX", "A", 1), ("1099_DFA_ANG_XX", "A", 1)])  # a rated clip with no audio
+    src = root if where == "src" else root / "AudioWAV"
+    s = import_corpus("crema-d", src, root / "m.csv")
+    assert _votes(root / "m.csv") == {"1001_DFA_ANG_XX": "neutral:1;angry:2", "1002_DFA_SAD_XX": "sad:1",
+                                      "1003_DFA_NEU_XX": ""}
+    rel = "finishedResponses.csv" if where == "src" else "../finishedResponses.csv"
+    assert s["skipped"] == {RATING_UNKNOWN: 1, RATING_NO_AUDIO: 1} and s["voted"] == 2
+    assert s["examples"][RATING_UNKNOWN] == [f"{rel}:7"]
+    assert s["examples"][RATING_NO_AUDIO] == [f"{rel}:9 (1099_DFA_ANG_XX)"]
+
+
+def test_crema_d_ratings_absent_mismatched_or_unusable(tmp_path):
+    root = _crema(tmp_path / "CREMA-D")
+    s = import_corpus("crema-d", root, root / "m.csv")
+    assert s["voted"] == 0 and _votes(root / "m.csv") == {} and s["skipped"] == {}  # no ratings file
+    _ratings(root / "finishedResponses.csv", [("1050_IEO_HAP_HI", "H", 1), ("1051_IEO_HAP_HI", "H", 1)])
+    s = import_corpus("crema-d", root, root / "m.csv")
+    assert s["voted"] == 0 and _votes(root / "m.csv") == {} and s["skipped"] == {RATINGS_NO_MATCH: 1}
+    assert s["examples"][RATINGS_NO_MATCH] == ["finishedResponses.csv"]
+    (root / "finishedResponses.csv").write_text("clip,emotion\n1001_DFA_ANG_XX,A\n")
+    s = import_corpus("crema-d", root, root / "m.csv")
+    assert s["voted"] == 0 and s["skipped"] == {RATINGS_UNUSABLE: 1} and s["rows"] == 3

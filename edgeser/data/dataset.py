@@ -1,7 +1,6 @@
 """Turn a manifest into in-memory tensors, split by speaker, with bad files skipped and counted."""
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -10,6 +9,7 @@ import torch
 
 from edgeser.data.audio import BadAudio, fix_length, load_audio
 from edgeser.data.manifest import Item, read_manifest, speaker_split
+from edgeser.data.votes import distribution, relabel
 from edgeser.recipe import Data, RecipeError
 
 
@@ -21,6 +21,9 @@ class Split:
     # whole utterances (each its own length) when the corpus has variable lengths: val and test are scored on
     # these, so figures compare with published per-utterance results; training uses x (clip_seconds crops)
     full: list[np.ndarray] | None = None
+    # data.labels: soft: (N, classes) float32, each row's annotator-vote distribution (one-hot without votes);
+    # training learns it, evaluation scores y (the majority label). None: train on y.
+    target: torch.Tensor | None = None
 
 
 @dataclass
@@ -39,7 +42,8 @@ class Corpus:
 
 
 def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
-    items = [dataclasses.replace(it, label=cfg.label_map.get(it.label, it.label))
+    # labels through data.label_map; a row with votes takes their majority (edgeser/data/votes.py)
+    items = [relabel(it, cfg.label_map, cfg.classes or ())
              for it in read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)]
     classes = cfg.classes or sorted({it.label for it in items})
     unknown = set(cfg.classes or []) - {it.label for it in items}
@@ -48,19 +52,24 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     items = [it for it in items if it.label in classes]
     if len(classes) < 2:
         raise RecipeError("data.classes: need at least 2 classes")
+    soft = cfg.labels == "soft"
+    if soft and not any(it.votes for it in items):
+        raise RecipeError(f"data.labels: soft needs annotator votes, and no row of {manifest_path} (in "
+                          f"data.classes) has any (a `votes` column, e.g. from `edgeser data import iemocap`)")
     n = int(cfg.clip_seconds * cfg.sample_rate)
     parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold, cfg.fold_of)
     skipped: Counter = Counter()
     splits = {}
     done = 0
     for name, its in parts.items():
-        xs, ys, spk, raw = [], [], [], []
+        xs, ys, spk, raw, ts = [], [], [], [], []
         for it in its:
             try:
                 wav = load_audio(it.path, cfg.sample_rate)
                 xs.append(fix_length(wav, n))
                 raw.append(wav if name != "train" else None)
                 ys.append(classes.index(it.label))
+                ts.append(distribution(dict(it.votes), classes, it.label))
                 spk.append(it.speaker)
             except BadAudio as e:
                 skipped[e.reason] += 1  # a fixed phrase, not this file's details: counts add up by reason
@@ -72,14 +81,16 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
         if not xs:
             raise RecipeError(f"data: the {name} split has no usable audio")
         variable = name != "train" and any(len(w) != n for w in raw)
-        splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk, raw if variable else None)
+        splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk, raw if variable else None,
+                             target=torch.tensor(ts, dtype=torch.float32) if soft else None)
     return Corpus(classes, splits, skipped)
 
 
 def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=None) -> tuple[Split, Counter]:
     """EVERY row of a manifest as one evaluation split, in the trained model's class order (`edgeser verify
-    --data`): no speaker split, no re-ordering of classes. Labels go through data.label_map; a row whose label is
-    not one of `classes`, and bad or missing audio, is skipped and counted by reason. Like load_corpus's test
+    --data`): no speaker split, no re-ordering of classes. Labels go through data.label_map, and a row with
+    votes is scored on their majority (as in load_corpus); a row whose label is not one of `classes`, and bad or
+    missing audio, is skipped and counted by reason. Like load_corpus's test
     split, it keeps whole utterances (Split.full) when lengths vary. Returns (split, skipped)."""
     items = read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)
     if not classes:
@@ -88,7 +99,7 @@ def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=N
     skipped: Counter = Counter()
     xs, ys, spk, raw = [], [], [], []
     for i, it in enumerate(items, start=1):
-        label = cfg.label_map.get(it.label, it.label)
+        label = relabel(it, cfg.label_map, classes).label
         if label not in classes:
             skipped["label not in the run's classes"] += 1
         else:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeser.data.votes import FORMAT as VOTES_FORMAT
+from edgeser.data.votes import parse_votes
 from edgeser.recipe import RecipeError
 
 REQUIRED = ("path", "label", "speaker")
@@ -20,6 +22,7 @@ class Item:
     label: str
     speaker: str
     session: str = ""
+    votes: tuple[tuple[str, float], ...] = ()  # annotator votes (the optional `votes` column; data/votes.py)
 
 
 def corpus_roots(manifest: Path, root: Path | None = None) -> list[Path]:
@@ -40,7 +43,9 @@ def _resolve(p: Path) -> Path:
 def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | None = None) -> list[Item]:
     """Rows as Items; relative paths resolve against the manifest's folder. Unless `allow_outside_root`, a row
     whose path (after `..` and symlinks) leaves the corpus root (see corpus_roots) is a RecipeError naming the
-    manifest, the row's line number and the path: a manifest cannot read /etc/passwd or ../../secrets.wav."""
+    manifest, the row's line number and the path: a manifest cannot read /etc/passwd or ../../secrets.wav.
+    An optional `votes` column holds each row's annotator votes (edgeser/data/votes.py); a malformed cell is a
+    RecipeError naming the manifest and the row."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -64,7 +69,11 @@ def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | Non
             real = _resolve(p)
             if not any(real.is_relative_to(root) for root in roots):
                 outside.append((i, r["path"], real))
-        items.append(Item(p, r["label"].strip(), r["speaker"].strip(), (r.get("session") or "").strip()))
+        try:
+            votes = tuple(parse_votes(r.get("votes")).items())
+        except ValueError as e:
+            raise RecipeError(f"{path}:{i}: votes {r.get('votes')!r}: {e} (expected {VOTES_FORMAT})") from None
+        items.append(Item(p, r["label"].strip(), r["speaker"].strip(), (r.get("session") or "").strip(), votes))
     if outside:
         i, raw, real = outside[0]
         more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""

@@ -16,13 +16,14 @@ from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, kd_loss, make_augment, predict, torch_threads
+from edgeser.train import evaluate, fit, kd_loss, label_loss, make_augment, predict, torch_threads
 
 
 def kd_views(train: Split, views: int, augment_fn) -> Split:
     """The train split followed by `views` augmented copies (deterministic for the recipe's seed)."""
     xs = [train.x] + [augment_fn(train.x) for _ in range(views)]
-    return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1))
+    target = None if train.target is None else train.target.repeat(views + 1, 1)
+    return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1), target=target)
 
 
 def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
@@ -52,15 +53,17 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     return dataclasses.replace(ctx.corpus, splits={**ctx.corpus.splits, "train": train}), blob["logits"]
 
 
-def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0):
+def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0,
+                 labels=None):
     """Logit KD, plus (when `hints` = {block: (teacher features (N, C), regressor)}) feature distillation:
-    MSE between the L2-normalised regressed student features and the teacher's, on real rows only."""
+    MSE between the L2-normalised regressed student features and the teacher's, on real rows only.
+    `labels` (train.label_loss): the label term against vote distributions instead of CE."""
 
     def loss(model, x, y, idx):
         if not hints:
-            return kd_loss(model(x), teacher_logits[idx], y, temperature, alpha)
+            return kd_loss(model(x), teacher_logits[idx], y, temperature, alpha, labels, idx)
         logits, pooled = model.forward_features(x)
-        total = kd_loss(logits, teacher_logits[idx], y, temperature, alpha)
+        total = kd_loss(logits, teacher_logits[idx], y, temperature, alpha, labels, idx)
         real = idx < len(next(iter(hints.values()))[0])
         if real.any():
             for feats, reg in hints.values():
@@ -73,7 +76,7 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
 
 
 def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Generator, crop_min: float,
-                      min_samples: int):
+                      min_samples: int, labels=None):
     """KD from `source` computed on the batch itself (QAT from its FP32 student): each batch is first cut to a
     random crop of crop_min..1 of its length, so the quantised model learns the source's decisions on short
     input too, not only at the training clip length."""
@@ -87,7 +90,7 @@ def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Gener
         xc = x[:, start : start + m]
         with torch.no_grad():
             target = source(xc)
-        return kd_loss(model(xc), target, y, temperature, alpha)
+        return kd_loss(model(xc), target, y, temperature, alpha, labels, idx)
 
     return loss
 
@@ -132,10 +135,11 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
         width = model.body.head.in_features
         hints = {i: (f, torch.nn.Linear(width, f.shape[1])) for i, f in ctx.hints.items()}
         params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
-    objective = kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight)
+    labels = label_loss(corpus.splits["train"], len(corpus.classes))  # None: CE; else vote distributions
+    objective = kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight, labels)
     if kd_source is not None:
         objective = live_kd_objective(kd_source, d.temperature, cfg.alpha, torch.Generator().manual_seed(seed),
-                                      cfg.crop_min, min_samples=kd_source.frontend.kernel_samples)
+                                      cfg.crop_min, min_samples=kd_source.frontend.kernel_samples, labels=labels)
     try:
         with torch_threads(1):
             info = fit(model, corpus, cfg, objective,
@@ -143,6 +147,7 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
                        checkpoint=ctx.checkpoint(desc), **kw)
     finally:
         model.mel_augment = None
+    info |= {"labels": "soft-label kl (class-balanced)"} if labels is not None else {}
     return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
 
 

@@ -6,7 +6,7 @@ from edgeser import distributed as dist
 from edgeser.fileio import size_bytes
 from edgeser.recipe import RecipeError
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, make_augment
+from edgeser.train import evaluate, fit, label_loss, make_augment
 from edgeser.transfer import build_teacher, frozen_blocks, load_source_audio, params_for, teacher_loss
 
 
@@ -19,13 +19,16 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     if cfg.source_audio is not None and strategy == "transfer_attention":
         source = load_source_audio(cfg.source_audio, corpus.splits["train"].x.shape[1])
         info["source_clips"] = len(source)
-    info["loss"] = "ce" if source is None else f"{cfg.ce_weight} ce + {cfg.mmd_weight} mmd"
+    labels = label_loss(corpus.splits["train"], len(corpus.classes))  # None: cross-entropy on the labels
+    ce = "ce" if labels is None else "soft-label kl (class-balanced)"
+    info["loss"] = ce if source is None else f"{cfg.ce_weight} {ce} + {cfg.mmd_weight} mmd"
 
     def on_epoch(epoch):
         model.freeze_bottom(frozen_blocks(strategy, epoch, cfg))
 
     # the batch order (seed) is shared by all ranks; augmentation and MMD picks differ per rank (rank_seed)
-    info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed)), seed=ctx.recipe.seed,
+    info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed), labels),
+                seed=ctx.recipe.seed,
                 progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
                 checkpoint=ctx.checkpoint(desc),
                 augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1],
