@@ -24,15 +24,20 @@ def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -
 
 
 def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
-    """select() for QAT: the worst agreement with the FP32 student over the validation clips at the lengths
-    verify's robustness suite gates (the level needs no check: the front-end levels every clip)."""
+    """select() for QAT: how close the INT8 model's outputs stay to the FP32 student's on the validation clips,
+    at the lengths verify's robustness suite gates (the level needs no check: the front-end levels every clip).
+    The score is minus the mean KL(FP32 || INT8) of the softmax outputs over clips and lengths: continuous, so
+    the choice does not hang on one or two of ~160 clips flipping (argmax agreement picked an epoch at 98.75 %
+    on validation that agreed on 96.9 % of test clips, where the untrained model agreed on 98.75 %)."""
     from edgeser.robustness import with_length
 
     views = [torch.from_numpy(with_length(x.numpy(), f)) for f in lengths]
-    want = [predict(fp32, v).argmax(1) for v in views]
+    want = [torch.log_softmax(predict(fp32, v), 1) for v in views]
 
     def score(q) -> float:
-        return min(float((predict(q, v).argmax(1) == w).float().mean()) for v, w in zip(views, want))
+        kl = [torch.nn.functional.kl_div(torch.log_softmax(predict(q, v), 1), w, log_target=True,
+                                         reduction="batchmean") for v, w in zip(views, want)]
+        return -float(torch.stack(kl).mean())
 
     return score
 
