@@ -143,7 +143,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     not augmented. `checkpoint` (resume.EpochCheckpoint): saved after every epoch with the optimiser,
     scheduler and every random generator; a valid one is continued from, with identical results.
     `select(model) -> float`: what the kept weights maximise instead of val UA, the untrained model (epoch 0)
-    included; QAT keeps the epoch whose decisions agree best with its FP32 student.
+    included; QAT keeps the epoch whose outputs are closest to its FP32 student's (stages.qat.fidelity).
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
