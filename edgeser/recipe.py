@@ -248,7 +248,7 @@ class Prune(Train):
 class QAT(Train):
     """Quantisation-aware training to INT8 (BN folded, calibrated scales, KD loss)."""
     epochs: int = Field(4, ge=0, le=10_000, description="QAT epochs; the best epoch is kept (kd_from student: the "
-                        "one agreeing best with the FP32 student)")
+                        "one closest to the FP32 student, by mean KL on validation clips)")
     # QAT fine-tunes a model that is already trained: a small lr and the FP32 student's own BN statistics keep
     # its decisions those of the FP32 student (measured on the demo, 640 clips: lr 3e-4 with BN updating for an
     # epoch agreed with FP32 on 98.0 % of clips, lr 1e-4 with BN frozen on 98.6 %; 99.1 % at 3x length)
