@@ -16,7 +16,6 @@ FP32's own decisions, so they are reported but not gated (issue 11, point 4). Th
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Callable
 
