@@ -425,7 +425,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _safe_load(text: str):
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - safe: _StrictLoader is a yaml.SafeLoader subclass
 
 
 def _format_error(e: ValidationError) -> str:
