@@ -79,6 +79,11 @@ class Data(_Section):
     augment: Augment = Field(Augment(), description="training-time augmentation; each switch is independent")
     clip_seconds: float = Field(2.0, gt=0.1, le=60, description="clip length the models see, seconds: longer audio "
                                 "is centre-cropped, shorter zero-padded")
+    # training on the centred clip_seconds of each utterance threw away the rest of every longer one (a 4.2 s
+    # mean on the varlen dev corpus against 2 s clips); random crops show the models all of it over the epochs
+    train_crops: Literal["random", "centre"] = Field("random", description="training clips from utterances longer "
+                                                     "than clip_seconds: random = a new random crop each epoch "
+                                                     "(teacher) and per augmented KD view; centre = the centred crop")
     sample_rate: Literal[16000] = Field(16000, description="audio is resampled to this rate, Hz (16 kHz only)")
     val_speakers: float = Field(0.2, gt=0, lt=1, description="fraction of speakers held out for validation")
     test_speakers: float = Field(0.2, gt=0, lt=1, description="fraction of speakers held out for the test split "
@@ -120,6 +125,12 @@ class Train(_Section):
                       "improving)")
     batch_size: int = Field(32, ge=1, le=4096, description="clips per training batch (per process under torchrun)")
     weight_decay: float = Field(1e-2, ge=0, le=1, description="AdamW weight decay")
+    # epochs count passes over the data, so a small corpus (126 train clips = 4 batches) trained for 60 steps
+    # where the demo's 640 clips got 300: min_steps raises the epochs of a small corpus to this many steps
+    min_steps: int = Field(0, ge=0, le=1_000_000, description="epochs are raised so that training takes at least "
+                           "this many optimiser steps (small corpora); 0 = `epochs` as given")
+    balanced: bool = Field(True, description="class-balanced label loss: each example weighted by the inverse "
+                           "frequency of its class, so every class counts the same (UA, not WA)")
 
 
 class Teacher(Train):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeser import distributed as dist
+from edgeser.data.dataset import random_crops
 from edgeser.metrics import classification_metrics
 from edgeser.recipe import Train
 
@@ -79,15 +81,20 @@ def soft_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return kl.mean() if weight is None else (kl * weight).mean()
 
 
-def label_loss(split, n_classes: int) -> Callable | None:
-    """The label term for batches of `split` (rows idx < len(split.y); extra rows, e.g. SMOTE, after them):
-    None (plain cross-entropy on y) unless the split carries vote distributions (split.target, data.labels:
-    soft); then soft_loss against them, each example weighted by class_weights of its majority class y. Extra
-    rows and rows without votes have one-hot targets."""
+def label_loss(split, n_classes: int, balanced: bool = False) -> Callable | None:
+    """The label term for batches of `split` (rows idx < len(split.y); extra rows, e.g. SMOTE, after them).
+
+    Without vote distributions: None (plain cross-entropy on y), or with `balanced` (recipe `balanced`, the
+    default) cross-entropy with each example weighted by class_weights of its class, so every class carries
+    the same weight and training optimises UA rather than WA. With vote distributions (split.target,
+    data.labels: soft): soft_loss against them, always class-balanced. Extra rows and rows without votes have
+    one-hot targets."""
     target = getattr(split, "target", None)
-    if target is None:
-        return None
     weights, n = class_weights(split.y, n_classes), len(split.y)
+    if target is None:
+        if not balanced:
+            return None
+        return lambda logits, y, idx: (F.cross_entropy(logits, y, reduction="none") * weights[y]).mean()
 
     def loss(logits, y, idx):
         t = F.one_hot(y, n_classes).to(logits.dtype)
@@ -121,6 +128,14 @@ def make_augment(cfg, samples: int, seed: int) -> Callable:
     extra = Augmenter(time_stretch=cfg.time_stretch, pitch_shift=cfg.pitch_shift, noise=cfg.noise,
                       snr_db=cfg.snr_db, noise_bank=bank, p=cfg.p, seed=seed)
     return lambda x: extra(augment(x, gen))
+
+
+def scaled_epochs(cfg: Train, steps_per_epoch: int) -> int:
+    """The epochs a loop runs: cfg.epochs, raised so that training takes at least cfg.min_steps optimiser steps
+    (a small corpus has few batches per epoch: 126 clips are 4 batches, so 15 epochs were 60 steps). 0 stays 0."""
+    if cfg.epochs == 0:
+        return 0
+    return max(cfg.epochs, math.ceil(getattr(cfg, "min_steps", 0) / max(1, steps_per_epoch)))
 
 
 def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -162,7 +177,8 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     world, progress, checkpoint = dist.world_size(), progress if dist.is_main() else None, dist.main_writes(checkpoint)
     step_loss = dist.wrap(model, loss_fn, params, seed)  # loss_fn(model, ...), under DDP when distributed
     steps = len(_batches(n, n_extra, cfg.batch_size * world, torch.Generator()))
-    task = progress.add_task(desc, total=cfg.epochs * steps) if progress else None
+    epochs = scaled_epochs(cfg, steps)
+    task = progress.add_task(desc, total=epochs * steps) if progress else None
     start = 1
     if checkpoint is not None:
         from edgeser.resume import generators_of, rng_state, set_rng_state
@@ -180,7 +196,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
             history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
             if progress:
                 progress.update(task, advance=saved["epoch"] * steps)
-    for epoch in range(start, cfg.epochs + 1):
+    for epoch in range(start, epochs + 1):
         if on_epoch:
             on_epoch(epoch)
         model.train()
@@ -188,7 +204,9 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
         for idx in _batches(n, n_extra, cfg.batch_size * world, gen):
             idx, rows, weight = dist.shard(idx)  # (idx, len(idx), 1.0) in one process
             if idx[0] < n:
-                x, y = train.x[idx], train.y[idx]
+                # the train split keeps whole utterances only for data.train_crops: random (load_corpus)
+                x = train.x[idx] if train.full is None else random_crops(train.full, idx, train.x.shape[1], gen)
+                y = train.y[idx]
                 if augment_fn is not None:
                     x = augment_fn(x)
             else:
@@ -199,7 +217,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
             opt.step()
             total += loss.item() * rows
             if progress:
-                progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{cfg.epochs}")
+                progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{epochs}")
         total = dist.all_reduce_sum(total)
         dist.sync_module(model)  # rank 0's BatchNorm statistics and quantiser scales on every rank
         val_m = dist.on_main(lambda: evaluate(model, val, corpus.classes))  # the same val UA on every rank
@@ -218,5 +236,5 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     model.load_state_dict(best["state"])
     if progress:
         progress.remove_task(task)
-    return {"history": history, "best_epoch": best["epoch"],
+    return {"history": history, "best_epoch": best["epoch"], "epochs": epochs, "steps_per_epoch": steps,
             ("best_val_ua" if select is None else "best_val_select"): best["ua"]}

@@ -19,7 +19,8 @@ class Split:
     y: torch.Tensor  # (N,) int64
     speakers: list[str]
     # whole utterances (each its own length) when the corpus has variable lengths: val and test are scored on
-    # these, so figures compare with published per-utterance results; training uses x (clip_seconds crops)
+    # these, so figures compare with published per-utterance results; training uses x (clip_seconds crops), or
+    # (data.train_crops: random, when some utterance is longer than a clip) random crops of these (random_crops)
     full: list[np.ndarray] | None = None
     # data.labels: soft: (N, classes) float32, each row's annotator-vote distribution (one-hot without votes);
     # training learns it, evaluation scores y (the majority label). None: train on y.
@@ -39,6 +40,18 @@ class Corpus:
             "speakers": {k: sorted(set(v.speakers)) for k, v in self.splits.items()},
             "skipped": dict(self.skipped),
         }
+
+
+def random_crops(full: list[np.ndarray], idx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(len(idx), n): for each row a random n-sample crop of its utterance (data.train_crops: random); an
+    utterance of at most n samples is zero-padded as fix_length does."""
+    out = torch.zeros(len(idx), n)
+    for j, i in enumerate(idx.tolist()):
+        w = full[i]
+        start = int(torch.randint(0, len(w) - n + 1, (), generator=gen)) if len(w) > n else 0
+        seg = torch.from_numpy(np.ascontiguousarray(w[start : start + n]))
+        out[j, : len(seg)] = seg
+    return out
 
 
 def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
@@ -67,7 +80,7 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
             try:
                 wav = load_audio(it.path, cfg.sample_rate)
                 xs.append(fix_length(wav, n))
-                raw.append(wav if name != "train" else None)
+                raw.append(wav if name != "train" or cfg.train_crops == "random" else None)
                 ys.append(classes.index(it.label))
                 ts.append(distribution(dict(it.votes), classes, it.label))
                 spk.append(it.speaker)
@@ -80,7 +93,9 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
                 on_file(done, len(items))
         if not xs:
             raise RecipeError(f"data: the {name} split has no usable audio")
-        variable = name != "train" and any(len(w) != n for w in raw)
+        # train keeps its utterances only for random crops: when one is longer than a clip
+        variable = (any(len(w) > n for w in raw) if name == "train" and cfg.train_crops == "random"
+                    else name != "train" and any(len(w) != n for w in raw))
         splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk, raw if variable else None,
                              target=torch.tensor(ts, dtype=torch.float32) if soft else None)
     return Corpus(classes, splits, skipped)

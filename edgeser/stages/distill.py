@@ -12,16 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from edgeser import distributed as dist
-from edgeser.data.dataset import Corpus, Split
+from edgeser.data.dataset import Corpus, Split, random_crops
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
 from edgeser.train import evaluate, fit, kd_loss, label_loss, make_augment, predict, torch_threads
 
 
-def kd_views(train: Split, views: int, augment_fn) -> Split:
-    """The train split followed by `views` augmented copies (deterministic for the recipe's seed)."""
-    xs = [train.x] + [augment_fn(train.x) for _ in range(views)]
+def kd_views(train: Split, views: int, augment_fn, seed: int = 0) -> Split:
+    """The train split followed by `views` augmented copies (deterministic for the recipe's seed); where the
+    split keeps whole utterances (data.train_crops: random), each copy is a new random crop of them."""
+    gen, idx = torch.Generator().manual_seed(seed), torch.arange(len(train.y))
+    crop = (lambda: train.x) if train.full is None else (lambda: random_crops(train.full, idx, train.x.shape[1], gen))
+    xs = [train.x] + [augment_fn(crop()) for _ in range(views)]
     target = None if train.target is None else train.target.repeat(views + 1, 1)
     return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1), target=target)
 
@@ -31,7 +34,7 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     d, seed = ctx.recipe.distill, ctx.recipe.seed
     teacher_path = ctx.stage_dir("teacher") / "model.pt"
     x0 = ctx.corpus.splits["train"]
-    train = kd_views(x0, d.aug_views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100))
+    train = kd_views(x0, d.aug_views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100), seed + 100)
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
     aug = ctx.recipe.data.augment.model_dump(mode="json")
     key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
@@ -135,7 +138,8 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
         width = model.body.head.in_features
         hints = {i: (f, torch.nn.Linear(width, f.shape[1])) for i, f in ctx.hints.items()}
         params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
-    labels = label_loss(corpus.splits["train"], len(corpus.classes))  # None: CE; else vote distributions
+    # None: CE; else class-balanced CE (cfg.balanced) or the vote distributions (data.labels: soft)
+    labels = label_loss(corpus.splits["train"], len(corpus.classes), cfg.balanced)
     objective = kd_objective(logits, d.temperature, d.alpha, hints, d.hint_weight, labels)
     if kd_source is not None:
         objective = live_kd_objective(kd_source, d.temperature, cfg.alpha, torch.Generator().manual_seed(seed),
@@ -147,7 +151,9 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
                        checkpoint=ctx.checkpoint(desc), **kw)
     finally:
         model.mel_augment = None
-    info |= {"labels": "soft-label kl (class-balanced)"} if labels is not None else {}
+    if labels is not None:
+        info["labels"] = ("soft-label kl (class-balanced)" if corpus.splits["train"].target is not None
+                          else "ce (class-balanced)")
     return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
 
 

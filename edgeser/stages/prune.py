@@ -63,7 +63,8 @@ def prune_to_target(ctx: Context, model, samples: int) -> list[dict]:
         if channels == before:  # nothing left to remove at this rounding
             break
         if cfg.step_epochs:
-            kd_fit(ctx, model, cfg.model_copy(update={"epochs": cfg.step_epochs}), ctx.recipe.seed + 10 + len(steps),
+            step_cfg = cfg.model_copy(update={"epochs": cfg.step_epochs, "min_steps": 0})
+            kd_fit(ctx, model, step_cfg, ctx.recipe.seed + 10 + len(steps),
                    f"prune step {len(steps)}")
         steps.append({"step": len(steps), "value": _measure(ctx, model, cfg.target, samples), "channels": channels})
         ctx.log(f"prune step {steps[-1]['step']}: channels {channels}, {cfg.target} {steps[-1]['value']:.4g}")

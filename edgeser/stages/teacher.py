@@ -19,8 +19,9 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     if cfg.source_audio is not None and strategy == "transfer_attention":
         source = load_source_audio(cfg.source_audio, corpus.splits["train"].x.shape[1])
         info["source_clips"] = len(source)
-    labels = label_loss(corpus.splits["train"], len(corpus.classes))  # None: cross-entropy on the labels
-    ce = "ce" if labels is None else "soft-label kl (class-balanced)"
+    labels = label_loss(corpus.splits["train"], len(corpus.classes), cfg.balanced)  # None: plain cross-entropy
+    ce = ("ce" if labels is None else "ce (class-balanced)" if corpus.splits["train"].target is None
+          else "soft-label kl (class-balanced)")
     info["loss"] = ce if source is None else f"{cfg.ce_weight} {ce} + {cfg.mmd_weight} mmd"
 
     def on_epoch(epoch):
