@@ -257,6 +257,9 @@ def parse_args(argv):
     ap.add_argument("--out", type=Path, metavar="DIR",
                     help="cv runs go to DIR/<corpus> (default runs/generalization; runs/generalization-quick with "
                          "--quick)")
+    ap.add_argument("--jobs", type=int, default=2, metavar="J",
+                    help="folds run at once, each in its own process (edgeser cv --jobs; default 2: the students "
+                         "train single-threaded, so one fold at a time leaves a core idle)")
     ap.add_argument("--quick", action="store_true", help="smoke check: 2 folds, 1-2 epochs per stage")
     return ap.parse_args(argv)
 
@@ -271,6 +274,8 @@ def plan(a) -> list[dict]:
         raise BadInput(f"--corpora-names: {', '.join(bad) or '(empty)'} not among {', '.join(dc.PRESETS)}")
     if len(set(names)) != len(names):
         raise BadInput(f"--corpora-names: a name is given twice ({a.corpora_names})")
+    if a.jobs < 1:
+        raise BadInput(f"--jobs: need at least 1, got {a.jobs}")
     if a.folds is not None and a.folds < 2:
         raise BadInput(f"--folds: need at least 2, got {a.folds}")
     try:
@@ -316,7 +321,7 @@ def run_corpus(a, c: dict, out_dir: Path) -> dict:
     groups = [f.speakers for f in c["folds"]]
     base = baseline(c["items"], c["classes"], groups)
     cmd = [sys.executable, "-m", "edgeser", "cv", "-r", str(a.recipe), *[x for s in c["sets"] for x in ("--set", s)],
-           "--folds", str(len(groups)), "--out", str(run), "--resume", "--no-progress"]
+           "--folds", str(len(groups)), "--jobs", str(a.jobs), "--out", str(run), "--resume", "--no-progress"]
     print(f"[generalization] {c['name']}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     r = subprocess.run(cmd, stdout=sys.stderr, cwd=Path.cwd())

@@ -93,3 +93,13 @@ def test_fit_trains_on_random_crops_of_the_utterances():
             w = torch.from_numpy(full[i])
             assert any(torch.equal(row, w[s : s + 100]) for s in range(301))
     assert not all(torch.equal(xb, centre[idx]) for xb, idx in seen)  # not the centred clip every time
+
+
+def test_kd_views_grow_for_small_corpora():
+    from edgeser.recipe import Distill
+    from edgeser.stages.distill import view_count
+
+    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 126) == 15  # 126 x 16 = 2016 rows
+    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 754) == 2  # 754 x 3 = 2262: as given
+    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 10) == 32  # at most 32
+    assert view_count(Distill(aug_views=4, min_kd_rows=0), 10) == 4  # 0 = aug_views as given

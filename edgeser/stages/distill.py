@@ -1,12 +1,14 @@
 """Stage 3: distil the teacher into the small student (logit KD with temperature and alpha).
 
-The teacher's logits are computed once, on the train set plus `aug_views` augmented copies of it, and
-cached in stages/distill/teacher_logits.pt; the prune fine-tune and QAT stages reuse them. Running the
-big raw-waveform teacher on every batch would cost several times the student's own training.
+The teacher's logits are computed once, on the train set plus `aug_views` augmented copies of it (more for a
+small corpus: distill.min_kd_rows), and cached in stages/distill/teacher_logits.pt; the prune fine-tune and
+QAT stages reuse them. Running the big raw-waveform teacher on every batch would cost several times the
+student's own training.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +31,22 @@ def kd_views(train: Split, views: int, augment_fn, seed: int = 0) -> Split:
     return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1), target=target)
 
 
+def view_count(d, n_train: int) -> int:
+    """Augmented KD views: distill.aug_views, raised (at most 32) until n_train x (1 + views) >= min_kd_rows."""
+    need = math.ceil(d.min_kd_rows / max(1, n_train)) - 1 if d.min_kd_rows else 0
+    return max(d.aug_views, min(32, need))
+
+
 def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     """(corpus whose train split holds the augmented views, teacher logits for each of its rows)."""
     d, seed = ctx.recipe.distill, ctx.recipe.seed
     teacher_path = ctx.stage_dir("teacher") / "model.pt"
     x0 = ctx.corpus.splits["train"]
-    train = kd_views(x0, d.aug_views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100), seed + 100)
+    views = view_count(d, len(x0.y))
+    train = kd_views(x0, views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100), seed + 100)
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
     aug = ctx.recipe.data.augment.model_dump(mode="json")
-    key = f"{sha256(teacher_path)}:{d.aug_views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
+    key = f"{sha256(teacher_path)}:{views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
     blob = None
     if dist.is_main():  # under torchrun rank 0 reads or (re)computes the cache; the others then read its file
         blob = load_state(cache) if cache.is_file() else None
@@ -154,7 +163,9 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
     if labels is not None:
         info["labels"] = ("soft-label kl (class-balanced)" if corpus.splits["train"].target is not None
                           else "ce (class-balanced)")
-    return info | {"smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
+    views = len(corpus.splits["train"].y) // len(ctx.corpus.splits["train"].y) - 1
+    return info | {"kd_views": views, "kd_rows": len(corpus.splits["train"].y),
+                   "smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
 
 
 def student_full_config(ctx: Context, body) -> dict:
