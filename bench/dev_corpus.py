@@ -546,6 +546,70 @@ def baseline(manifest: Path, folds: int, seed: int) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
+# ---------------------------------------------------------------------------------------------------- votes
+# Simulated annotators for data.labels: soft (issue 13, point 4). A rater hears the intended emotion with a
+# probability that grows with the clip's expressiveness k (a speaker who barely expresses is misheard more); a
+# mishearing follows the confusions real SER raters make (arousal is heard, valence less: neutral<->sad,
+# happy<->angry), and a weakly expressed emotion is heard as neutral more often. Some raters give two labels
+# (IEMOCAP evaluators may), each counting 1/2.
+RATERS = 5
+NEUTRAL_CLARITY = 0.75
+CONFUSION = {"neutral": {"sad": 0.5, "happy": 0.3, "angry": 0.2},
+             "happy": {"angry": 0.5, "neutral": 0.4, "sad": 0.1},
+             "sad": {"neutral": 0.7, "happy": 0.1, "angry": 0.2},
+             "angry": {"happy": 0.6, "neutral": 0.3, "sad": 0.1}}
+
+
+def clip_votes(lab: str, k: float, rng: np.random.Generator) -> dict[str, float]:
+    """RATERS simulated raters' votes for a clip of emotion `lab` at expressiveness k."""
+    clarity = NEUTRAL_CLARITY if lab == "neutral" else 0.35 + 0.6 * (1 - math.exp(-1.5 * k))
+    wrong = dict(CONFUSION[lab])
+    if lab != "neutral":  # weakly expressed: heard as neutral
+        wrong["neutral"] += 2.0 * math.exp(-2.0 * k)
+    others, w = list(wrong), np.array(list(wrong.values()))
+    votes: dict[str, float] = {}
+    for _ in range(RATERS):
+        heard = [lab if rng.random() < clarity else str(rng.choice(others, p=w / w.sum()))]
+        if rng.random() < 0.1:  # a second label from this rater
+            second = str(rng.choice([c for c in CLASSES if c != heard[0]]))
+            heard.append(second)
+        for h in heard:
+            votes[h] = votes.get(h, 0.0) + 1.0 / len(heard)
+    return votes
+
+
+def write_votes(folder: Path) -> dict:
+    """FOLDER/manifest-votes.csv: manifest.csv plus a `votes` column of simulated raters (deterministic from the
+    corpus's preset and seed in speakers.json; the audio is not touched). Returns counts for the JSON line."""
+    meta = json.loads((folder / "speakers.json").read_text())
+    preset, seed = PRESETS[meta["preset"]], int(meta["seed"])
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {}
+    for si, spk in enumerate(make_speakers(preset, seed)):
+        for ci, (lab, sess, inten) in enumerate(clip_plan(preset, spk, si, seed)):
+            rng = np.random.default_rng([seed, 5, si, ci])
+            k = spk.express[lab]["k"] * inten
+            by_name[f"{spk.name}_s{sess + 1}_{lab}_{ci:03d}.wav"] = clip_votes(lab, k, rng)
+    missing = [r["path"] for r in rows if r["path"] not in by_name]
+    if missing:
+        sys.exit(f"{folder}: {len(missing)} manifest rows are not clips of preset {meta['preset']} seed {seed} "
+                 f"(e.g. {missing[0]})")
+    agree = 0
+    tmp = folder / f".manifest-votes.csv.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "speaker", "session", "votes"])
+        for r in rows:
+            v = by_name[r["path"]]
+            agree += max(v, key=lambda c: (v[c], c == r["label"])) == r["label"]
+            w.writerow([r["path"], r["label"], r["speaker"], r["session"],
+                        ";".join(f"{c}:{round(v[c], 4):g}" for c in CLASSES if c in v)])
+    os.replace(tmp, folder / "manifest-votes.csv")
+    return {"votes": str(folder / "manifest-votes.csv"), "raters": RATERS, "clips": len(rows),
+            "majority_is_intended": round(agree / len(rows), 4)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -555,8 +619,12 @@ def main(argv=None) -> None:
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     ap.add_argument("--baseline", type=Path, metavar="MANIFEST", help="run the baseline on a manifest instead")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--votes", type=Path, metavar="DIR", help="write DIR/manifest-votes.csv: the corpus's "
+                    "manifest with simulated annotator votes (for data.labels: soft)")
     a = ap.parse_args(argv)
-    if a.baseline:
+    if a.votes:
+        print(json.dumps(write_votes(a.votes)))
+    elif a.baseline:
         print(json.dumps(baseline(a.baseline, a.folds, a.seed)))
     elif a.out:
         print(json.dumps(generate(a.out, a.preset, a.seed, a.force)))

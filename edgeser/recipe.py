@@ -123,6 +123,8 @@ class Train(_Section):
                         "validation split are kept")
     lr: float = Field(3e-4, gt=0, le=10, description="AdamW learning rate (halved when validation UA stops "
                       "improving)")
+    plateau_steps: int = Field(40, ge=0, le=1_000_000, description="the lr is halved when validation UA has not "
+                               "improved for this many optimiser steps (at least 2 epochs)")
     batch_size: int = Field(32, ge=1, le=4096, description="clips per training batch (per process under torchrun)")
     weight_decay: float = Field(1e-2, ge=0, le=1, description="AdamW weight decay")
     # epochs count passes over the data, so a small corpus (126 train clips = 4 batches) trained for 60 steps

@@ -103,3 +103,20 @@ def test_kd_views_grow_for_small_corpora():
     assert view_count(Distill(aug_views=2, min_kd_rows=2000), 754) == 2  # 754 x 3 = 2262: as given
     assert view_count(Distill(aug_views=2, min_kd_rows=2000), 10) == 32  # at most 32
     assert view_count(Distill(aug_views=4, min_kd_rows=0), 10) == 4  # 0 = aug_views as given
+
+
+def test_plateau_patience_is_counted_in_steps():
+    from edgeser.train import plateau_epochs
+
+    assert plateau_epochs(Train(plateau_steps=40), 4) == 10  # 4 batches per epoch: 10 epochs = 40 steps
+    assert plateau_epochs(Train(plateau_steps=40), 20) == 2  # the demo's teacher: 2 epochs, as before
+    assert plateau_epochs(Train(plateau_steps=40), 63) == 2  # at least 2 epochs
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 16, generator=g), torch.tensor([0, 1] * 4)
+    val = Split(torch.zeros(8, 16), y, ["t"] * 8)  # constant input: val UA never improves after epoch 1
+    corpus = Corpus(["a", "b"], {"train": Split(x, y, ["s"] * 8), "val": val})
+    lrs = [h["lr"] for h in fit(torch.nn.Linear(16, 2), corpus, Train(epochs=12, batch_size=8, plateau_steps=6,
+                                                                       lr=1e-2),
+                                 lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb), seed=0)["history"]]
+    # patience 6 epochs (1 step each): halved after the 7th epoch without improvement, not after the 3rd
+    assert lrs[:7] == [1e-2] * 7 and lrs[7] == 5e-3
