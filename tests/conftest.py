@@ -15,9 +15,11 @@ TINY = {
     "seed": 0,
     "target": "cpu",
     "data": {"synth": {"seed": 0, "clips_per_class": 24, "n_speakers": 6, "clip_seconds": 1.0}, "clip_seconds": 1.0},
-    "teacher": {"epochs": 1, "width_mult": 0.25, "batch_size": 16},
+    # min_steps / min_kd_rows 0: the epochs and views as given (the corpus-size scaling would train the tiny
+    # corpus's 4 batches for 300 steps and 32 views; tests/test_adaptive_training.py checks the scaling)
+    "teacher": {"epochs": 1, "width_mult": 0.25, "batch_size": 16, "min_steps": 0},
     "student": {"channels": [16, 16, 16, 16]},
-    "distill": {"epochs": 2, "batch_size": 16},
+    "distill": {"epochs": 2, "batch_size": 16, "min_kd_rows": 0},
     "prune": {"epochs": 1, "channel_ratio": 0.5, "batch_size": 16},
     "qat": {"epochs": 1, "batch_size": 16, "calib_batches": 2},
     # tiny models trained one epoch are near chance: the gates here test mechanics, not accuracy (min_ua 0

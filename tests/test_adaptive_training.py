@@ -120,3 +120,30 @@ def test_plateau_patience_is_counted_in_steps():
                                  lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb), seed=0)["history"]]
     # patience 6 epochs (1 step each): halved after the 7th epoch without improvement, not after the 3rd
     assert lrs[:7] == [1e-2] * 7 and lrs[7] == 5e-3
+
+
+def test_students_keep_the_epoch_closest_to_the_teacher(tiny_run):
+    """distill (select: teacher_kl, the default) keeps the epoch whose validation outputs are closest to the
+    teacher's, the untrained student (epoch 0) included; select: ua keeps the best validation UA."""
+    import json
+
+    from edgeser.recipe import Distill, Prune
+    from edgeser.stages.distill import teacher_fidelity
+
+    assert Distill().select == "teacher_kl" and Prune().select == "teacher_kl"
+    g = torch.Generator().manual_seed(0)
+    val = Split(torch.randn(6, 32, generator=g), torch.tensor([0, 1, 2, 0, 1, 2]), ["v"] * 6)
+    teacher = torch.nn.Linear(32, 3)
+    score = teacher_fidelity(teacher(val.x).detach(), val)
+    near = torch.nn.Linear(32, 3)
+    near.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        near.weight.add_(0.01)
+    far = torch.nn.Linear(32, 3)
+    assert score(teacher) > score(near) > score(far) and abs(score(teacher)) < 1e-6
+    run_dir, _ = tiny_run
+    train = json.loads((run_dir / "stages/distill/metrics.json").read_text())["train"]
+    scores = [h["val_select"] for h in train["history"]]
+    assert "best_val_select" in train and train["best_val_select"] >= max(scores)
+    if train["best_epoch"]:
+        assert scores[train["best_epoch"] - 1] == max(scores)

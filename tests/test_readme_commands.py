@@ -26,8 +26,8 @@ runner = CliRunner()
 
 # the recipe's sizes made tiny (the conftest's TINY run), given the way a user would: with --set
 TINY_SETS = ["data.synth={seed: 0, clips_per_class: 24, n_speakers: 6, clip_seconds: 1.0}", "data.clip_seconds=1.0",
-             "data.test_speakers=0.2", "teacher.epochs=1", "teacher.width_mult=0.25", "teacher.batch_size=16",
-             "student.channels=[16, 16, 16, 16]", "distill.batch_size=16", "prune.epochs=1", "prune.batch_size=16",
+             "data.test_speakers=0.2", "teacher.epochs=1", "teacher.min_steps=0", "teacher.width_mult=0.25", "teacher.batch_size=16",
+             "student.channels=[16, 16, 16, 16]", "distill.batch_size=16", "distill.min_kd_rows=0", "prune.epochs=1", "prune.batch_size=16",
              "qat.epochs=1", "qat.batch_size=16", "qat.calib_batches=2", "verify.max_ua_drop_pt=100",
              "verify.min_agreement=0.5", "verify.latency_runs=5", "verify.min_ua=0.0",
              "verify.min_robust_agreement=0.5"]

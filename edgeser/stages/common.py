@@ -25,6 +25,7 @@ class Context:
     corpus: object = None
     results: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)  # cached teacher features for hint distillation, by block
+    teacher_val_logits: object = None  # the teacher's logits on the validation split (distill/prune select)
     stage: str | None = None  # the stage running now, and its content key (edgeser/resume.py)
     stage_key: str | None = None
 

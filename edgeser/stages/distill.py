@@ -18,7 +18,7 @@ from edgeser.data.dataset import Corpus, Split, random_crops
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, kd_loss, label_loss, make_augment, predict, torch_threads
+from edgeser.train import evaluate, fit, kd_loss, label_loss, make_augment, predict, predict_split, torch_threads
 
 
 def kd_views(train: Split, views: int, augment_fn, seed: int = 0) -> Split:
@@ -46,13 +46,14 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
     train = kd_views(x0, views, make_augment(ctx.recipe.data.augment, x0.x.shape[1], seed + 100), seed + 100)
     cache = ctx.stage_dir("distill") / "teacher_logits.pt"
     aug = ctx.recipe.data.augment.model_dump(mode="json")
-    key = f"{sha256(teacher_path)}:{views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}"
+    key = f"{sha256(teacher_path)}:{views}:{seed}:{len(train.y)}:{sorted(aug.items())}:{d.hint_layers}:val"
     blob = None
     if dist.is_main():  # under torchrun rank 0 reads or (re)computes the cache; the others then read its file
         blob = load_state(cache) if cache.is_file() else None
         if blob is None or blob.get("key") != key:
             teacher = load_teacher(teacher_path)
             blob = {"key": key, "logits": predict(teacher, train.x),
+                    "val_logits": predict_split(teacher, ctx.corpus.splits["val"]),
                     "hints": {str(i): predict(lambda x, i=i: teacher.block_features(x, [i])[i], train.x)
                               for i in d.hint_layers}}
             save_state(cache, blob)
@@ -62,7 +63,20 @@ def kd_corpus(ctx: Context) -> tuple[Corpus, torch.Tensor]:
         if blob.get("key") != key:
             raise RuntimeError(f"{cache}: rank {dist.rank()} computed another teacher-logit key than rank 0")
     ctx.hints = {int(k): v for k, v in blob.get("hints", {}).items()}
+    ctx.teacher_val_logits = blob["val_logits"]
     return dataclasses.replace(ctx.corpus, splits={**ctx.corpus.splits, "train": train}), blob["logits"]
+
+
+def teacher_fidelity(teacher_val_logits: torch.Tensor, val: Split):
+    """select() for distill and prune (select: teacher_kl): minus the mean KL(teacher || student) of the softmax
+    outputs over the validation utterances, so the kept epoch is the one closest to the teacher."""
+    want = F.log_softmax(teacher_val_logits, 1)
+
+    def score(model) -> float:
+        got = F.log_softmax(predict_split(model, val), 1)
+        return -float(F.kl_div(got, want, log_target=True, reduction="batchmean"))
+
+    return score
 
 
 def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0,
@@ -153,6 +167,8 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
     if kd_source is not None:
         objective = live_kd_objective(kd_source, d.temperature, cfg.alpha, torch.Generator().manual_seed(seed),
                                       cfg.crop_min, min_samples=kd_source.frontend.kernel_samples, labels=labels)
+    if kd_source is None and getattr(cfg, "select", "ua") == "teacher_kl" and "select" not in kw:
+        kw["select"] = teacher_fidelity(ctx.teacher_val_logits, corpus.splits["val"])
     try:
         with torch_threads(1):
             info = fit(model, corpus, cfg, objective,
