@@ -158,7 +158,7 @@ def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> lis
 
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
         params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
-        extra=None, checkpoint=None, select: Callable | None = None) -> dict:
+        extra=None, checkpoint=None, select: Callable | None = None, keep_initial: bool = True) -> dict:
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
@@ -166,6 +166,8 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     scheduler and every random generator; a valid one is continued from, with identical results.
     `select(model) -> float`: what the kept weights maximise instead of val UA, the untrained model (epoch 0)
     included; QAT keeps the epoch whose outputs are closest to its FP32 student's (stages.qat.fidelity).
+    `keep_initial=False`: the model as it came in is no candidate (a freshly initialised student: its
+    near-uniform outputs can sit closer to an uncertain teacher than any trained epoch).
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
     gen = torch.Generator().manual_seed(seed)
@@ -176,7 +178,7 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     if cfg.epochs == 0 or not params:
         return {"history": history, "best_epoch": 0}
     if select is not None:
-        best["ua"] = dist.on_main(lambda: select(model))
+        best["ua"] = dist.on_main(lambda: select(model)) if keep_initial else -math.inf
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, n_extra = len(train.y), 0 if extra is None else len(extra.y)
     # under torchrun each rank trains on its shard of every global batch of world x batch_size rows (distributed.py)

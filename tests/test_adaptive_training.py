@@ -147,3 +147,30 @@ def test_students_keep_the_epoch_closest_to_the_teacher(tiny_run):
     assert "best_val_select" in train and train["best_val_select"] >= max(scores)
     if train["best_epoch"]:
         assert scores[train["best_epoch"] - 1] == max(scores)
+
+
+def test_distillation_never_keeps_the_untrained_student(tiny_run):
+    """keep_initial=False: even when the model as it came in scores best (an untrained student's near-uniform
+    outputs next to an uncertain teacher), a trained epoch is kept; by default (prune, QAT) it may be kept."""
+    import json
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 16, generator=g), torch.tensor([0, 1] * 4)
+    corpus = Corpus(["a", "b"], {"train": Split(x, y, ["s"] * 8), "val": Split(x, y, ["t"] * 8)})
+    calls = []
+
+    def select(m):  # the initial model best, then worse and worse
+        calls.append(1)
+        return -len(calls)
+
+    def loss(m, xb, yb, idx):
+        return F.cross_entropy(m(xb), yb)
+
+    kept = fit(torch.nn.Linear(16, 2), corpus, Train(epochs=3, batch_size=8), loss, seed=0, select=select)
+    assert kept["best_epoch"] == 0
+    calls.clear()
+    out = fit(torch.nn.Linear(16, 2), corpus, Train(epochs=3, batch_size=8), loss, seed=0, select=select,
+              keep_initial=False)
+    assert out["best_epoch"] == 1 and len(calls) == 3  # the initial model was not even scored
+    run_dir, _ = tiny_run
+    assert json.loads((run_dir / "stages/distill/metrics.json").read_text())["train"]["best_epoch"] >= 1
