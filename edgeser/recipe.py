@@ -174,6 +174,12 @@ class Teacher(Train):
         return self.strategy
 
 
+# distill and the prune fine-tune: which epoch a student keeps (stages/distill.py teacher_fidelity)
+StudentSelect = Literal["teacher_kl", "ua"]
+SELECT_FIELD = Field("teacher_kl", description="the kept epoch: teacher_kl = the one closest to the teacher on the "
+                     "validation clips (mean KL), ua = the best validation UA")
+
+
 STUDENT_SIZES = {"xs": [32, 32, 48, 64], "s": [64, 64, 96, 128], "m": [96, 128, 160, 192]}
 
 
@@ -232,9 +238,7 @@ class Distill(Train):
     # fold distillation kept epoch 1 of 25 (val UA 0.47, tied later) and lost 17 pt to its teacher on the test
     # speakers. teacher_kl keeps the epoch closest to the teacher (mean KL over the validation utterances):
     # continuous, every clip's whole distribution counts, and it is what "keeps what the teacher knows" means.
-    select: Literal["teacher_kl", "ua"] = Field("teacher_kl", description="the kept epoch: teacher_kl = the one "
-                                                 "closest to the teacher on the validation clips (mean KL), ua = "
-                                                 "the best validation UA")
+    select: StudentSelect = SELECT_FIELD
 
     @field_validator("hint_layers")
     @classmethod
@@ -262,9 +266,7 @@ class Prune(Train):
     max_steps: int = Field(12, ge=1, le=100, description="macs / latency: at most this many pruning steps")
     epochs: int = Field(5, ge=0, le=10_000, description="epochs of KD fine-tuning after pruning")
     lr: float = Field(1e-3, gt=0, le=10, description="AdamW learning rate of the KD fine-tuning")
-    select: Literal["teacher_kl", "ua"] = Field("teacher_kl", description="the kept epoch of the KD fine-tuning: "
-                                                 "teacher_kl = the one closest to the teacher on the validation "
-                                                 "clips (mean KL), ua = the best validation UA")
+    select: StudentSelect = SELECT_FIELD
 
     @model_validator(mode="after")
     def _target(self):

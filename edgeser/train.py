@@ -106,6 +106,13 @@ def label_loss(split, n_classes: int, balanced: bool = False) -> Callable | None
     return loss
 
 
+def label_loss_name(split, labels: Callable | None) -> str:
+    """What label_loss(split, ...) returned, for metrics.json."""
+    if labels is None:
+        return "ce"
+    return "ce (class-balanced)" if getattr(split, "target", None) is None else "soft-label kl (class-balanced)"
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Light waveform augmentation: random gain (±6 dB), circular shift, and white noise at 20-40 dB SNR."""
     b = x.shape[0]
@@ -135,14 +142,14 @@ def scaled_epochs(cfg: Train, steps_per_epoch: int) -> int:
     (a small corpus has few batches per epoch: 126 clips are 4 batches, so 15 epochs were 60 steps). 0 stays 0."""
     if cfg.epochs == 0:
         return 0
-    return max(cfg.epochs, math.ceil(getattr(cfg, "min_steps", 0) / max(1, steps_per_epoch)))
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(1, steps_per_epoch)))
 
 
 def plateau_epochs(cfg: Train, steps_per_epoch: int) -> int:
     """ReduceLROnPlateau's patience in epochs: cfg.plateau_steps optimiser steps, at least 2 epochs. Counted in
     epochs it halved the teacher's lr every few steps on a corpus of 4 batches per epoch, and 75 epochs ended
     at lr ~ 0 after epoch 20 (espeak small dev corpus: best epochs 12 and 14, teacher below the baseline)."""
-    return max(2, math.ceil(getattr(cfg, "plateau_steps", 0) / max(1, steps_per_epoch)))
+    return max(2, math.ceil(cfg.plateau_steps / max(1, steps_per_epoch)))
 
 
 def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:

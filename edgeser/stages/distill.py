@@ -18,7 +18,8 @@ from edgeser.data.dataset import Corpus, Split, random_crops
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.student import Student, student_config
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, kd_loss, label_loss, make_augment, predict, predict_split, torch_threads
+from edgeser.train import (evaluate, fit, kd_loss, label_loss, label_loss_name, make_augment, predict, predict_split,
+                           torch_threads)
 
 
 def kd_views(train: Split, views: int, augment_fn, seed: int = 0) -> Split:
@@ -177,9 +178,8 @@ def kd_fit(ctx: Context, model, cfg, seed: int, desc: str, use_smote: bool = Tru
     finally:
         model.mel_augment = None
     if labels is not None:
-        info["labels"] = ("soft-label kl (class-balanced)" if corpus.splits["train"].target is not None
-                          else "ce (class-balanced)")
-    views = len(corpus.splits["train"].y) // len(ctx.corpus.splits["train"].y) - 1
+        info["labels"] = label_loss_name(corpus.splits["train"], labels)
+    views = view_count(d, len(ctx.corpus.splits["train"].y))
     return info | {"kd_views": views, "kd_rows": len(corpus.splits["train"].y),
                    "smote_rows": 0 if extra is None else len(extra.y), "hint_layers": sorted(hints or {})}
 

@@ -6,7 +6,7 @@ from edgeser import distributed as dist
 from edgeser.fileio import size_bytes
 from edgeser.recipe import RecipeError
 from edgeser.stages.common import Context, load_teacher, model_stats, save_model
-from edgeser.train import evaluate, fit, label_loss, make_augment
+from edgeser.train import evaluate, fit, label_loss, label_loss_name, make_augment
 from edgeser.transfer import build_teacher, frozen_blocks, load_source_audio, params_for, teacher_loss
 
 
@@ -20,8 +20,7 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
         source = load_source_audio(cfg.source_audio, corpus.splits["train"].x.shape[1])
         info["source_clips"] = len(source)
     labels = label_loss(corpus.splits["train"], len(corpus.classes), cfg.balanced)  # None: plain cross-entropy
-    ce = ("ce" if labels is None else "ce (class-balanced)" if corpus.splits["train"].target is None
-          else "soft-label kl (class-balanced)")
+    ce = label_loss_name(corpus.splits["train"], labels)
     info["loss"] = ce if source is None else f"{cfg.ce_weight} {ce} + {cfg.mmd_weight} mmd"
 
     def on_epoch(epoch):
