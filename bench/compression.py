@@ -89,8 +89,8 @@ def ensure_run(args) -> tuple[Path, bool]:
 def export_models(run_dir: Path, report: dict, bench_dir: Path) -> dict:
     """Teacher FP32, student FP32 and student INT8 as ONNX for 3 s clips; returns paths and the QAT export model."""
     from edgeser.export.onnx_export import export_onnx
-    from edgeser.stages.common import load_student, load_teacher
-    from edgeser.stages.qat import load_qat
+    from edgeser.models.io import load_student, load_teacher
+    from edgeser.quant.calibrate import load_qat
 
     stages = run_dir / "stages"
     try:

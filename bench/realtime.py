@@ -90,7 +90,8 @@ def stream_once(model, audio, settings, cache):
 
 def mac_saving(run_dir: Path, window_samples: int, stats: dict) -> tuple[float, dict]:
     """1 - MACs with the cache / MACs without, over the whole stream."""
-    from edgeser.stages.common import load_student, model_stats
+    from edgeser.models.io import load_student
+    from edgeser.stages.common import model_stats
 
     student, _ = load_student(run_dir / "stages/prune/model.pt")
     total = model_stats(student, window_samples)["macs"]

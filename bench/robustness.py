@@ -28,8 +28,9 @@ from edgeser.data.audio import BadAudio, fix_length, load_audio  # noqa: E402
 from edgeser.data.manifest import read_manifest  # noqa: E402
 from edgeser.recipe import validate  # noqa: E402
 from edgeser.robustness import Suite  # noqa: E402
-from edgeser.runtimes import load_runner, torch_runner  # noqa: E402
-from edgeser.stages.common import load_student  # noqa: E402
+from edgeser.formats import load_runner  # noqa: E402
+from edgeser.runtimes import torch_runner  # noqa: E402
+from edgeser.models.io import load_student  # noqa: E402
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> list[float]:

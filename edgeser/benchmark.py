@@ -36,23 +36,18 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from edgeser.fileio import size_bytes
+from edgeser.formats import by_suffix
+from edgeser.timing import time_calls
+
 SAMPLE_RATE = 16000
 
-SUFFIX_FORMATS = {
-    ".onnx": "onnx",
-    ".ts": "torchscript",
-    ".pt2": "pt2",
-    ".mlpackage": "coreml",
-    ".mlmodel": "coreml",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-}
+SUFFIX_FORMATS = by_suffix()  # file suffix -> the kind measured (the format registry's `bench`)
 
 # the onnx-int8-stream folder, named as in edgeser.export.stream_export (which imports torch: the measuring
 # process of an ONNX artifact must not)
 STREAM_FORMAT = "onnx-stream"
 STREAM_CONFIG, STREAM_STEP, STREAM_FRONTEND, STREAM_BODY = "stream.json", "step.onnx", "frontend.onnx", "body.onnx"
-DEFAULT_STREAM_HOP_S = 0.5  # edgeser.recipe.Stream.hop_s
 
 FIGURES = ("format", "status", "reason", "note", "measures", "batch", "threads", "samples", "hop_samples", "p50_ms",
            "p95_ms", "p99_ms", "mean_ms", "calls", "timed_s", "throughput_per_s", "peak_rss_mb", "model_rss_mb",
@@ -104,13 +99,6 @@ def artifact_format(path: Path) -> str:
     elif not path.is_file():
         raise BenchError(f"{path}: not a file")
     return fmt
-
-
-def size_bytes(path: Path) -> int:
-    path = Path(path)
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 def onnx_input_shape(path: Path) -> list[int | None]:
@@ -184,7 +172,9 @@ def _plan_stream(path: Path, row: dict, samples: int | None) -> dict:
             if not isinstance(window, int) or isinstance(window, bool) or window < 1:
                 raise BenchError(f"{path}: cannot tell the window length (no {recipe}, no clip_samples in "
                                  f"{cfg_file}); give the number of samples (--samples)")
-    step = int(round((hop_s or DEFAULT_STREAM_HOP_S) * sr))
+    from edgeser.recipe import Stream
+
+    step = int(round((hop_s or Stream().hop_s) * sr))
     if window < frame:
         raise BenchError(f"{path}: a window of {window} samples ({where}) is shorter than one {frame}-sample frame")
     if step % hop:
@@ -519,7 +509,8 @@ def _measure(cfg: dict) -> dict:
 
         if fmt in ("torchscript", "pt2") and _needs_quant_ops(cfg["path"]):
             import edgeser.quant.ops  # noqa: F401  (Q/DQ ops of the int8 graphs; as load_runner does)
-        from edgeser.runtimes import load_runner, torch_runner
+        from edgeser.formats import load_runner
+        from edgeser.runtimes import torch_runner
 
         torch.set_num_threads(threads)
         if fmt == "tensorrt":
@@ -557,20 +548,10 @@ def _measure(cfg: dict) -> dict:
     if len(np.asarray(y)) != batch:
         raise RuntimeError(f"the model returned {np.asarray(y).shape} for input {x.shape}")
 
-    runs, min_s, max_runs, max_s = cfg["runs"], cfg["min_seconds"], cfg["max_runs"], cfg["max_seconds"]
-    times = []
-    clock = time.perf_counter
-    t0 = clock()
-    while True:
-        t = clock()
-        call(x)
-        end = clock()
-        times.append(end - t)
-        elapsed = end - t0
-        n = len(times)
-        if (n >= runs and elapsed >= min_s) or n >= max_runs or elapsed >= max_s:
-            break
-    ms = np.asarray(times) * 1000
+    t0 = time.perf_counter()
+    ms = np.asarray(time_calls(lambda: call(x), cfg["runs"], 0, min_seconds=cfg["min_seconds"],
+                               max_runs=cfg["max_runs"], max_seconds=cfg["max_seconds"]))
+    elapsed, n = time.perf_counter() - t0, len(ms)
     peak_kib = _peak_rss_kib()
     if base_kib is None:
         note.append("no /proc: the model's RSS is unknown")

@@ -30,8 +30,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-# stages that only rank 0 runs (they train nothing; they write artifacts and reports)
-MAIN_ONLY_STAGES = ("export", "verify", "report")
 # rank r > 0 draws its augmentation / dropout randomness from seed + r * RANK_SEED_STRIDE
 RANK_SEED_STRIDE = 7919
 
@@ -262,14 +260,14 @@ def wrap(model: torch.nn.Module, loss_fn: Callable, params=None, seed: int = 0, 
     return _DDPStep(model, loss_fn, params, seed, ddp_kwargs)
 
 
-def skip_stage(name: str) -> bool:
-    """True on ranks other than 0 for the stages only rank 0 runs (export, verify, report)."""
-    return name in MAIN_ONLY_STAGES and not is_main()
+def skip_stage(main_only: bool) -> bool:
+    """True on ranks other than 0 for a stage only rank 0 runs (stage_spec.Stage.main_only)."""
+    return main_only and not is_main()
 
 
-def stage_done(name: str) -> None:
+def stage_done(main_only: bool) -> None:
     """The barrier that ends every stage all ranks run (rank 0's files are complete after it)."""
-    if name not in MAIN_ONLY_STAGES:
+    if not main_only:
         barrier()
 
 
@@ -298,16 +296,16 @@ class _MainOnlyCache:
     """A resume.StageCache under torchrun: rank 0 decides (lookup) and writes (mark, clear), every rank gets
     its answer, so all ranks skip or run the same stages."""
 
-    def __init__(self, cache):
-        self._cache = cache
+    def __init__(self, cache, main_only: set[str]):
+        self._cache, self._main_only = cache, main_only
 
     def lookup(self, stage: str, key: str):
-        if stage in MAIN_ONLY_STAGES:  # only rank 0 gets there
+        if stage in self._main_only:  # only rank 0 gets there
             return self._cache.lookup(stage, key)
         return on_main(lambda: self._cache.lookup(stage, key))
 
     def mark(self, stage: str, key: str, outputs, extra: dict | None = None):
-        if stage in MAIN_ONLY_STAGES:
+        if stage in self._main_only:
             return self._cache.mark(stage, key, outputs, extra)
         return on_main(lambda: self._cache.mark(stage, key, outputs, extra))
 
@@ -319,6 +317,7 @@ class _MainOnlyCache:
         return getattr(self._cache, name)
 
 
-def main_only_cache(cache):
-    """`cache` itself in one process; under torchrun a view whose decisions and writes are rank 0's."""
-    return _MainOnlyCache(cache) if is_enabled() else cache
+def main_only_cache(cache, main_only: set[str]):
+    """`cache` itself in one process; under torchrun a view whose decisions and writes are rank 0's.
+    main_only: the stages only rank 0 runs (it alone looks them up and marks them)."""
+    return _MainOnlyCache(cache, main_only) if is_enabled() else cache

@@ -36,6 +36,11 @@ def write_text(dest: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(dest: Path, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(dest: Path, obj) -> None:
     write_text(dest, json.dumps(obj, indent=2, default=str) + "\n")
 

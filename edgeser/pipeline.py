@@ -8,27 +8,33 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgeser import distributed as dist
-from edgeser import report as report_stage
+from edgeser import seeds
 from edgeser.data.manifest import read_manifest
 from edgeser.fileio import write_json
 from edgeser.recipe import Recipe
-from edgeser.stages import data, distill, export, prune, qat, teacher, verify
-from edgeser.resume import StageCache, corpus_digest, seed_everything, stage_key, stage_outputs
+from edgeser.resume import StageCache, seed_everything, stage_key, stage_outputs
+from edgeser.stage_spec import Stage, order
+from edgeser.stages import data, distill, export, prune, qat, report, teacher, verify
 from edgeser.stages.common import Context, read_metrics
-from edgeser.targets import load_target
+from edgeser.targets import Target, load_target
 
-STAGES = [("data", data.run), ("teacher", teacher.run), ("distill", distill.run), ("prune", prune.run),
-          ("qat", qat.run), ("export", export.run), ("verify", verify.run), ("report", report_stage.run)]
+# every stage, in the order their declared inputs and outputs give (edgeser/stage_spec.py)
+STAGES: list[Stage] = order([data.STAGE, teacher.STAGE, distill.STAGE, prune.STAGE, qat.STAGE, export.STAGE,
+                             verify.STAGE, report.STAGE])
 
 
-ALWAYS_RUN = ("data", "report")  # data loads the corpus into memory; report is cheap and reads the rest
+def key_sections(stage: Stage, recipe_json: dict, target: Target) -> dict:
+    """The recipe sections a stage declares, as its key sees them: `target` is the profile's content (its
+    channel multiple, batch, formats), not only its name, so editing the profile reruns what depends on it."""
+    return {s: ({"name": recipe_json.get("target"), "profile": target.model_dump(mode="json")} if s == "target"
+                else recipe_json.get(s)) for s in stage.sections}
 
 
 def preflight(recipe: Recipe) -> None:
     """Checks that need files but write nothing: a bad manifest (or one whose rows leave the corpus root) and a
     teacher checkpoint that is not a weights-only edgeser model file fail here, before the run folder exists."""
     from edgeser.recipe import RecipeError
-    from edgeser.stages.common import read_model_file
+    from edgeser.models.io import read_model_file
 
     if recipe.data.manifest is not None:
         read_manifest(recipe.data.manifest, allow_outside_root=recipe.data.allow_outside_root,
@@ -64,21 +70,23 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
     recipe_json = recipe.model_dump(mode="json")
     if dist.is_main():
         write_json(run_dir / "recipe.json", recipe_json)
-    cache, upstream = dist.main_only_cache(StageCache(run_dir)), None
+    cache = dist.main_only_cache(StageCache(run_dir), {s.name for s in STAGES if s.main_only})
+    upstream = None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, disable=not show_progress or not dist.is_main(), transient=False)
     ctx = Context(recipe=recipe, target=target, run_dir=run_dir, progress=progress, console=console)
     timings = ctx.results["stage_seconds"] = {}
     with progress:
-        stages = STAGES[: [n for n, _ in STAGES].index(until) + 1]
+        stages = STAGES[: [s.name for s in STAGES].index(until) + 1]
         overall = progress.add_task("pipeline", total=len(stages))
-        for i, (name, fn) in enumerate(stages):
-            if dist.skip_stage(name):  # export, verify, report: rank 0 only; the others are done
+        for stage in stages:
+            name = stage.name
+            if dist.skip_stage(stage.main_only):  # rank 0 only: the other ranks are done
                 break
             progress.update(overall, description=f"stage: {name}")
             t = time.perf_counter()
-            key = stage_key(recipe_json, name, upstream)
-            done = cache.lookup(name, key) if resume and name not in ALWAYS_RUN else None
+            key = stage_key(name, key_sections(stage, recipe_json, target), recipe.seed, upstream)
+            done = cache.lookup(name, key) if resume and not stage.always_run else None
             if done is not None:
                 result = ctx.results[name] = read_metrics(run_dir, name)
                 console.log(f"{name}: finished before with the same inputs (key {key[:12]}), skipped")
@@ -87,15 +95,17 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
                 if not resume:
                     for old in ctx.stage_dir(name).glob("ckpt-*.pt") if dist.is_main() else ():
                         old.unlink()
-                seed_everything(recipe.seed + 1000 * i)
+                seed_everything(recipe.seed + seeds.STAGE[name])
                 ctx.stage, ctx.stage_key = name, key
                 RUNNING.update(stage=name, run_dir=str(run_dir))
-                result = fn(ctx)
+                result = stage.run(ctx)
                 RUNNING.clear()
                 ctx.stage = ctx.stage_key = None
-                if name == "data":  # the loaded corpus itself, so a changed file changes every key after it
-                    key = stage_key(recipe_json, name, {"key": corpus_digest(ctx.corpus), "outputs": {}})
-                done = cache.mark(name, key, stage_outputs(run_dir, name, result))
+                if stage.digest is not None:  # an output that is not a file (the loaded corpus)
+                    key = stage_key(name, key_sections(stage, recipe_json, target), recipe.seed,
+                                    {"key": stage.digest(ctx), "outputs": {}})
+                outputs = stage_outputs(run_dir, stage.outputs) if dist.is_main() else []
+                done = cache.mark(name, key, outputs)
                 for ckpt in ctx.stage_dir(name).glob("ckpt-*.pt") if dist.is_main() else ():
                     ckpt.unlink()
             upstream = done
@@ -103,9 +113,5 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
             progress.advance(overall)
             ua = result.get("test", {}).get("ua") if isinstance(result, dict) else None
             console.log(f"{name} done in {timings[name]:.1f}s" + (f", test UA {100 * ua:.1f}%" if ua is not None else ""))
-            dist.stage_done(name)  # a barrier after every stage all ranks run
-    if until == "report" and dist.is_main():
-        from edgeser.run_manifest import write_manifest
-
-        write_manifest(run_dir, recipe.model_dump(mode="json"), result["artifacts"])
+            dist.stage_done(stage.main_only)  # a barrier after every stage all ranks run
     return result

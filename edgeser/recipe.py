@@ -10,12 +10,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARTIFACTS = ("torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "coreml", "tensorrt",
-             "qnn-htp")
+from edgeser.errors import InputError, RecipeError  # noqa: F401  (RecipeError: importers catch it from here)
+from edgeser.formats import DEFAULTS, GATED_DEFAULT, NAMES
 
-
-class RecipeError(ValueError):
-    """Bad input: the message names the field or file. The CLI maps it to exit code 2."""
+ARTIFACTS = NAMES  # every format the registry knows (edgeser/formats.py)
 
 
 class _Section(BaseModel):
@@ -315,7 +313,7 @@ class Export(_Section):
     """The artifacts to write into RUN/artifacts."""
     # qnn-htp needs a static-batch target (qualcomm-hexagon), so it is asked for by name, not by default
     formats: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: [a for a in ARTIFACTS if a != "qnn-htp"],
+        default_factory=lambda: list(DEFAULTS),
         description="artifacts to export; qnn-htp needs a static-batch target (qualcomm-hexagon), so it is asked "
                     "for by name")
     opset: int = Field(18, ge=17, le=20, description="ONNX opset of the exported ONNX models")
@@ -334,7 +332,7 @@ class Verify(_Section):
     min_agreement: float = Field(0.95, ge=0, le=1, description="gate: least top-1 agreement of every verified "
                                  "artifact with its PyTorch reference")
     gate_artifacts: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["onnx-int8"],
+        default_factory=lambda: list(GATED_DEFAULT),
         description="the artifacts that the min_ua, UA-drop, latency and size gates apply to")
     latency_runs: int = Field(50, ge=3, le=100_000, description="timed single-clip calls per artifact for its "
                               "latency")
@@ -377,7 +375,7 @@ class Recipe(_Section):
     """An edgeser recipe: one YAML file from the corpus to the verified edge artifacts."""
     name: str = Field("run", description="also the default run folder, runs/<name>")
     seed: int = Field(0, description="the run's random seed (each stage derives its own from it)")
-    target: str = Field("cpu", description="device profile: a name in targets/ (cpu, jetson-orin, apple-ane, "
+    target: str = Field("cpu", description="device profile: a name in edgeser/profiles/ (cpu, jetson-orin, apple-ane, "
                         "qualcomm-hexagon) or a profile .yaml file")
     data: Data = Field(description="the corpus: exactly one of `manifest` or `synth`, the speaker split, "
                        "augmentation")

@@ -1,7 +1,6 @@
 """Stage 8: report.json (machine-readable) and report.md (a table people read, also printed)."""
 from __future__ import annotations
 
-from edgeser.fileio import write_json, write_text
 from edgeser.stages.common import Context
 
 COLUMNS = ["artifact", "precision", "status", "UA %", "WA %", "F1 %", "agree %", "agree vs", "UA drop pt",
@@ -245,16 +244,6 @@ def markdown(report: dict) -> str:
     lines += ["", "## Accuracy waterfall (UA %)", "", " → ".join(f"{w['step']} {100 * w['ua']:.1f}"
                                                                   for w in report["waterfall"]), ""]
     return "\n".join(lines)
-
-
-def run(ctx: Context) -> dict:
-    report = build_report(ctx)
-    write_json(ctx.run_dir / "report.json", report)
-    write_text(ctx.run_dir / "report.md", markdown(report))
-    from edgeser.report_html import render
-
-    write_text(ctx.run_dir / "report.html", render(report))
-    return report
 
 
 def print_report(console, report: dict) -> None:

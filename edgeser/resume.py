@@ -20,11 +20,6 @@ import torch
 
 from edgeser.fileio import load_state, save_state, sha256, write_json
 
-# recipe sections each stage reads (the upstream chain adds the rest)
-STAGE_SECTIONS = {
-    "data": ["data"], "teacher": ["teacher"], "distill": ["student", "distill"], "prune": ["prune", "target"],
-    "qat": ["qat"], "export": ["export", "target"], "verify": ["verify"], "report": [],
-}
 DONE = "done.json"
 
 
@@ -35,10 +30,10 @@ def package_version() -> str:
         return "dev"
 
 
-def stage_key(recipe_json: dict, stage: str, upstream: dict | None) -> str:
-    """upstream: the previous stage's done record ({"key", "outputs"}), or None for the first stage."""
-    payload = {"stage": stage, "version": package_version(), "seed": recipe_json.get("seed"),
-               "sections": {s: recipe_json.get(s) for s in STAGE_SECTIONS[stage]},
+def stage_key(stage: str, sections: dict, seed: int, upstream: dict | None) -> str:
+    """sections: the recipe sections the stage declares, as it reads them (the target as its profile's content);
+    upstream: the previous stage's done record ({"key", "outputs"}), or None for the first stage."""
+    payload = {"stage": stage, "version": package_version(), "seed": seed, "sections": sections,
                "upstream": upstream and {"key": upstream["key"], "outputs": upstream["outputs"]}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -57,18 +52,14 @@ def corpus_digest(corpus) -> str:
     return h.hexdigest()
 
 
-def stage_outputs(run_dir: Path, stage: str, result) -> list[Path]:
-    """Files that make the stage done: its folder (checkpoints and the marker excluded), and for export the
-    artifacts it recorded. The data stage's output is the loaded corpus, keyed by its digest instead (its
-    metrics.json names the run folder, which would make a moved run look changed)."""
-    if stage == "data":
-        return []
-    folder = run_dir / "stages" / stage
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != DONE
-             and not p.name.startswith(("ckpt-", "."))] if folder.is_dir() else []
-    if stage == "export":
-        files += [run_dir / a["path"] for a in result.get("artifacts", []) if a.get("path")]
-    return files
+def stage_outputs(run_dir: Path, paths) -> list[Path]:
+    """The files (or folders, hashed whole) a stage declared as its outputs. One that is missing is a stage that
+    did not write what it declares: an error, not a silently shorter done record."""
+    out = [Path(run_dir) / p for p in paths]
+    missing = [str(p) for p in out if not p.exists()]
+    if missing:
+        raise RuntimeError(f"a stage did not write its declared outputs: {', '.join(missing)}")
+    return out
 
 
 class StageCache:

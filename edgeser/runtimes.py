@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeser.timing import time_calls
+
 
 class Runner:
     """fixed_samples: a static-length graph (QNN HTP). Longer input is covered by windows of that length at half
@@ -200,44 +202,31 @@ def tensorrt_runner(path: Path) -> Runner:
     return Runner(fn)
 
 
-def load_runner(fmt: str, path: Path) -> Runner:
-    if fmt == "qnn-htp":
-        return qnn_runner(path)
-    if fmt == "coreml":
-        return coreml_runner(path)
-    if fmt == "tensorrt":
-        return tensorrt_runner(path)
-    if fmt == "onnx-int8-stream":
-        return stream_runner(path)
-    if fmt.startswith("onnx"):
-        return onnx_runner(path)
+def _torch_artifact_runner(module, extra: dict) -> Runner:
     import json
 
-    import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)
     from edgeser.export.artifact_meta import EXTRA_FILE
 
-    extra = {EXTRA_FILE: ""}
-    if fmt == "torchscript":
-        runner = torch_runner(torch.jit.load(str(path), map_location="cpu", _extra_files=extra))
-    elif fmt == "pt2":
-        runner = torch_runner(torch.export.load(str(path), extra_files=extra).module())
-    else:
-        raise ValueError(f"no runtime on this machine for format {fmt!r}")
+    runner = torch_runner(module)
     if extra[EXTRA_FILE]:
         runner.min_samples = int(json.loads(json.loads(extra[EXTRA_FILE])["input"])["min_samples"])
     return runner
 
 
-def time_calls(fn, runs: int, warmup: int = 5) -> list[float]:
-    """Milliseconds of each of `runs` calls of fn(), after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return times
+def torchscript_runner(path: Path) -> Runner:
+    import edgeser.quant.ops  # noqa: F401  (Q/DQ ops used by the int8 graphs)
+    from edgeser.export.artifact_meta import EXTRA_FILE
+
+    extra = {EXTRA_FILE: ""}
+    return _torch_artifact_runner(torch.jit.load(str(path), map_location="cpu", _extra_files=extra), extra)
+
+
+def pt2_runner(path: Path) -> Runner:
+    import edgeser.quant.ops  # noqa: F401
+    from edgeser.export.artifact_meta import EXTRA_FILE
+
+    extra = {EXTRA_FILE: ""}
+    return _torch_artifact_runner(torch.export.load(str(path), extra_files=extra).module(), extra)
 
 
 def latency_ms(runner: Runner, sample: np.ndarray, runs: int, warmup: int = 5) -> dict:

@@ -207,7 +207,7 @@ def _percentiles(ms: list[float]) -> dict:
 
 def single_request_latency(run_batch: RunBatch, request: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
     """Latency of one request run alone at batch 1, calling run_batch directly (no queue, no thread)."""
-    from edgeser.runtimes import time_calls
+    from edgeser.timing import time_calls
 
     x = request[None]
     return {**_percentiles(time_calls(lambda: run_batch(x), runs, warmup)), "runs": runs}

@@ -1,4 +1,5 @@
-"""Device profiles in targets/*.yaml: what runtime a device has and which artifact it ships."""
+"""Device profiles in edgeser/profiles/*.yaml (shipped in the wheel): what runtime a device has and which artifact
+it ships. EDGESER_TARGETS names another folder of profiles."""
 from __future__ import annotations
 
 import os
@@ -9,17 +10,18 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeser.recipe import ARTIFACTS, RecipeError
+from edgeser.errors import RecipeError
+from edgeser.formats import NAMES, RUNTIMES
 
-TARGETS_DIR = Path(os.environ.get("EDGESER_TARGETS", Path(__file__).resolve().parents[1] / "targets"))
+TARGETS_DIR = Path(os.environ.get("EDGESER_TARGETS", Path(__file__).resolve().parent / "profiles"))
 
 
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str
-    runtime: Literal["onnxruntime", "tensorrt", "coreml", "qnn"]
-    primary_artifact: Literal[ARTIFACTS]  # type: ignore[valid-type]
+    runtime: Literal[RUNTIMES]  # type: ignore[valid-type]
+    primary_artifact: Literal[NAMES]  # type: ignore[valid-type]
     static_batch: int | None = Field(None, ge=1)
     channel_multiple: int = Field(1, ge=1, le=128)
     precision: Literal["int8", "fp16", "fp32"] = "int8"

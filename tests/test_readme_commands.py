@@ -21,7 +21,7 @@ from edgeser.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-REPO_DIRS = ("recipes/", "examples/", "targets/", "bench/")
+REPO_DIRS = ("recipes/", "examples/", "edgeser/profiles/", "bench/")
 runner = CliRunner()
 
 # the recipe's sizes made tiny (the conftest's TINY run), given the way a user would: with --set

@@ -24,6 +24,8 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from edgeser.fileio import atomic_path
+
 LABEL_OUTPUT = "label"  # a classifier's predicted class name
 
 CONSTEXPR_OPS = {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
@@ -122,22 +124,12 @@ def _reproducible(package: Path) -> None:
 
 
 def _atomic_save_dir(mlmodel, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        tmp = tmp_root / path.name
-        mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
+    """Save the package under a temp name beside `path` (fileio.atomic_path keeps the .mlpackage suffix
+    coremltools insists on), made reproducible, then renamed onto `path`."""
+    mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
+    with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))
         _reproducible(tmp)
-        old = path.with_name(f".{path.name}.old") if path.exists() else None
-        if old is not None:  # os.replace cannot overwrite a non-empty directory
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def export_coreml(model, example_input, path, *, input_name: str = "audio",
@@ -328,3 +320,23 @@ def coreml_predict_available() -> tuple[bool, str]:
     except Exception as e:  # pragma: no cover
         return False, f"coremltools import failed: {e}"
     return True, "ok"
+
+
+def export_artifact(job, path) -> dict:
+    """The registry's exporter (edgeser/formats.py): the W8A8 ML program, checked against its spec; exported
+    where predict() runs (macOS), else skipped with the reason once the spec check passed."""
+    from edgeser.export.onnx_export import INPUT, OUTPUT, example_batch
+    from edgeser.quiet import quiet
+
+    rng = job.samples_range()
+    with quiet():  # coremltools prints import warnings and per-pass progress bars
+        x = example_batch(job.samples, job.static_batch or 1)
+        info = export_coreml(job.qexport, x, path, input_name=INPUT, output_name=OUTPUT, samples_range=rng,
+                             metadata=job.meta, class_labels=job.classes)
+    spec = check_coreml_spec(path, input_name=INPUT, input_shape=tuple(x.shape), output_name=OUTPUT,
+                             n_classes=len(job.classes), samples_range=rng, class_labels=job.classes)
+    ok, reason = coreml_predict_available()
+    status = ("exported" if ok else "skipped") if spec["passed"] else "failed"
+    reason = reason if spec["passed"] else "CoreML spec check failed: " + "; ".join(spec["violations"][:5])
+    return {"status": status, "reason": None if ok and spec["passed"] else reason,
+            "checks": {"coreml_spec": spec, "export": info}}

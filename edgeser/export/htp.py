@@ -86,3 +86,16 @@ def write_htp_onnx(src, dst) -> dict:
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return info
+
+
+def export_artifact(job, path, int8_onnx) -> dict:
+    """The registry's exporter (edgeser/formats.py): the INT8 ONNX graph (`int8_onnx`, the file it needs) with
+    its A16W8 head, for a static batch."""
+    from edgeser.formats import available
+
+    if not job.static_batch:
+        return {"status": "skipped", "reason": "QNN HTP needs a static batch: use a target with static_batch "
+                                               "(e.g. qualcomm-hexagon)", "path": None}
+    ok, why = available("qnn-htp")
+    head = write_htp_onnx(int8_onnx, path)
+    return {"status": "exported" if ok else "skipped", "reason": None if ok else why, "checks": {"htp_head": head}}

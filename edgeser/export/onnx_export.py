@@ -125,3 +125,21 @@ def export_pt2(model, samples: int, path, *, static_batch: int | None = None, me
         ep = torch.export.export(model.eval(), (x,), dynamic_shapes=_dynamic(static_batch, model))
         with open(tmp, "wb") as f:
             torch.export.save(ep, f, extra_files=extra_files(meta) if meta else None)
+
+
+# --- exporters of the registry (edgeser/formats.py): export(job, path) ---
+
+def export_torchscript_artifact(job, path) -> None:
+    export_torchscript(job.qexport, job.samples, path, job.meta)
+
+
+def export_pt2_artifact(job, path) -> None:
+    export_pt2(job.qexport, job.samples, path, static_batch=job.static_batch, meta=job.meta)
+
+
+def export_fp32_artifact(job, path) -> None:
+    export_onnx(job.fp32, job.samples, path, opset=job.opset, static_batch=job.static_batch, meta=job.meta)
+
+
+def export_int8_artifact(job, path) -> None:
+    export_onnx(job.qexport, job.samples, path, opset=job.opset, static_batch=job.static_batch, meta=job.meta)

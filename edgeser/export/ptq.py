@@ -131,3 +131,15 @@ def ptq_quantize(fp32_onnx, out_path, calib_audio: np.ndarray, *, input_name: st
     return {"path": str(out_path), "calibration_clips": int(len(calib_audio)),
             "quantized_op_types": dict(sorted(quantized.items())), "float_frontend_nodes": len(exclude),
             "preprocessed": preprocessed, "method": METHOD}
+
+
+def export_artifact(job, path, fp32_onnx) -> dict:
+    """The registry's exporter (edgeser/formats.py): MinMax PTQ of the FP32 ONNX graph (`fp32_onnx`, the file it
+    needs) on train clips."""
+    from edgeser.export.artifact_meta import write_onnx_metadata
+    from edgeser.quiet import quiet
+
+    with quiet():
+        info = ptq_quantize(fp32_onnx, path, job.calib)
+    write_onnx_metadata(path, job.meta)
+    return {"checks": {"ptq": info}}

@@ -97,3 +97,12 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
             cfg["metadata"] = meta
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return cfg
+
+
+def export_artifact(job, path) -> dict:
+    """The registry's exporter (edgeser/formats.py): the streaming graphs, or skipped on a static-shape target."""
+    if job.static_batch:
+        return {"status": "skipped", "reason": "the streaming graphs have dynamic lengths; this target needs "
+                                               "static shapes", "path": None}
+    cfg = export_stream(job.qexport, job.classes, job.samples, path, opset=job.opset, meta=job.meta)
+    return {"checks": {"stream": {k: cfg[k] for k in ("frame_samples", "hop_samples", "n_mels")}}}

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from edgeser.fileio import write_bytes
+
 # ONNX ops (default domain) the TensorRT 10 ONNX parser handles.  Deliberately
 # conservative: no STFT/DFT, no Loop/Scan/If, no sequence ops, no custom domains.
 TRT10_SUPPORTED_OPS = frozenset("""
@@ -190,13 +192,6 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, f"tensorrt {getattr(trt, '__version__', '?')}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def build_engine(onnx_path, engine_path, *, min_shape, opt_shape, max_shape, input_name,
                  timing_cache=None) -> dict:
     """Build a TensorRT engine: explicit INT8 from the QDQ nodes, FP16 fallback."""
@@ -228,9 +223,9 @@ def build_engine(onnx_path, engine_path, *, min_shape, opt_shape, max_shape, inp
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see logger output)")
     engine_path = Path(engine_path)
-    _atomic_write(engine_path, bytes(serialized))
+    write_bytes(engine_path, bytes(serialized))
     if cache_path:
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return {"engine_path": str(engine_path), "size_bytes": engine_path.stat().st_size,
             "timing_cache": str(cache_path) if cache_path else None,
             "tensorrt_version": trt.__version__, "flags": ["INT8", "FP16"],
@@ -277,3 +272,37 @@ def write_trtexec_script(onnx_path, script_path, *, input_name, min_shape, opt_s
     tmp.chmod(0o755)
     os.replace(tmp, script_path)
     return cmd
+
+
+TRT_MAX_SECONDS = 30  # TensorRT's max profile length: memory is planned for it, so not MAX_SECONDS
+
+
+def export_artifact(job, path, onnx_int8) -> dict:
+    """The registry's exporter (edgeser/formats.py): the rule check of the INT8 ONNX graph (`onnx_int8`, the file
+    it needs) and a trtexec script always; the engine itself where TensorRT is installed."""
+    import json
+
+    from edgeser.export.artifact_meta import write_side_file
+    from edgeser.export.onnx_export import INPUT
+
+    b = job.static_batch
+    # the optimisation profile: one analysis frame .. TRT_MAX_SECONDS, tuned for the training clip length
+    lo, hi = job.samples_range() or (job.samples, job.samples)
+    hi = min(hi, job.sample_rate * TRT_MAX_SECONDS) if not b else hi
+    shapes = dict(input_name=INPUT, min_shape=(b or 1, lo), opt_shape=(b or 1, job.samples), max_shape=(b or 8, hi))
+    rules = check_tensorrt_rules(onnx_int8, profile=shapes)
+    script = path.parent / "build_engine.sh"
+    cmd = write_trtexec_script(onnx_int8, script, **shapes)
+    side = write_side_file(path, job.meta | {"tensorrt_profile": json.dumps({k: list(v) for k, v in shapes.items()
+                                                                             if k != "input_name"})})
+    checks = {"tensorrt_rules": rules, "trtexec_script": str(script.relative_to(job.run_dir)), "trtexec": cmd,
+              "metadata_file": str(side.relative_to(job.run_dir))}
+    if not rules["passed"]:
+        return {"status": "failed", "reason": f"{len(rules['violations'])} TensorRT rule violation(s)",
+                "checks": checks}
+    ok, why = tensorrt_available()
+    if not ok:
+        return {"status": "skipped", "reason": f"{why}; rule check passed; build on the device with "
+                f"{script.relative_to(job.run_dir)}", "checks": checks, "path": None}
+    checks["build"] = build_engine(onnx_int8, path, **shapes, timing_cache=path.parent / "timing.cache")
+    return {"status": "exported", "reason": None, "checks": checks}

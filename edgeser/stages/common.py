@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 
 from edgeser import distributed as dist
-from edgeser.fileio import load_state, save_state, write_json
-from edgeser.models.soundnet import SoundNet8
-from edgeser.models.student import Student
+from edgeser import seeds
+from edgeser.fileio import write_json
+from edgeser.kd import KDSet, kd_fit, kd_set, teacher_fidelity, view_count
+from edgeser.models.student import student_config
 from edgeser.recipe import Recipe
 from edgeser.targets import Target
+from edgeser.train import make_augment
 
 
 @dataclass
@@ -61,40 +63,6 @@ class Context:
         return metrics
 
 
-def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
-    """Under torchrun: rank 0 writes, every rank waits until it has (call it on all ranks)."""
-    if dist.is_main():
-        save_state(path, {"config": config, "state_dict": model.state_dict()})
-    dist.barrier()
-
-
-def read_model_file(path: Path) -> tuple[dict, dict]:
-    """(config, state_dict) of a model file written by save_model, checked for both parts."""
-    blob = load_state(path)
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        raise ValueError(f"{path}: not an edgeser model file (need 'config' and 'state_dict')")
-    return blob["config"], blob["state_dict"]
-
-
-def load_teacher(path: Path) -> SoundNet8:
-    cfg, state = read_model_file(path)
-    model = SoundNet8(cfg["n_classes"], cfg.get("width_mult", 1.0), sample_rate=cfg.get("sample_rate", 16000),
-                      attention=cfg.get("attention", True))
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def build_student(cfg: dict) -> Student:
-    return Student(cfg["n_classes"], cfg["channels"], cfg["kernel_size"], cfg["frontend"])
-
-
-def load_student(path: Path) -> tuple[Student, dict]:
-    cfg, state = read_model_file(path)
-    model = build_student(cfg)
-    model.load_state_dict(state)
-    return model.eval(), cfg
-
-
 def read_metrics(run_dir: Path, stage: str) -> dict:
     return json.loads((run_dir / "stages" / stage / "metrics.json").read_text())
 
@@ -110,3 +78,40 @@ def model_stats(model: torch.nn.Module, samples: int) -> dict:
     model.train(was_training)
     params = sum(p.numel() for p in model.parameters())  # front-end DFT/mel constants included
     return {"params": int(params), "macs": int(fc.get_total_flops() // 2)}
+
+
+# --- the KD set and loop with the recipe's settings: distill, prune and QAT call these alike (edgeser/kd.py) ---
+
+TEACHER = "stages/teacher/model.pt"
+LOGITS = "stages/distill/teacher_logits.pt"
+
+
+def kd_set_for(ctx: Context) -> KDSet:
+    """The run's KD set (kd.kd_set) from the recipe: every KD stage calls this with the same arguments."""
+    d, data, seed = ctx.recipe.distill, ctx.recipe.data, ctx.recipe.seed + seeds.KD_VIEWS
+    x0 = ctx.corpus.splits["train"]
+    aug = data.augment.model_dump(mode="json")
+    return kd_set(ctx.corpus, ctx.run_dir / TEACHER, ctx.run_dir / LOGITS,
+                  views=view_count(d.aug_views, d.min_kd_rows, len(x0.y)),
+                  augment_fn=make_augment(data.augment, x0.x.shape[1], seed), seed=seed,
+                  augment_key=str(sorted(aug.items())), hint_layers=d.hint_layers)
+
+
+def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_smote: bool = True, **kw) -> dict:
+    """kd.kd_fit with the recipe's KD settings (distill's temperature, alpha and hints; the data augmentation
+    switches) and the run's progress and epoch checkpoint. cfg: the stage's section."""
+    d, aug = ctx.recipe.distill, ctx.recipe.data.augment
+    return kd_fit(model, kd, cfg, temperature=d.temperature, alpha=d.alpha, seed=seed, desc=desc,
+                  smote=aug.smote and use_smote, freq_mask=aug.freq_mask, hint_weight=d.hint_weight,
+                  progress=ctx.progress, checkpoint=ctx.checkpoint(desc), **kw)
+
+
+def student_select(kd: KDSet, select: str):
+    """fit's select for distill and prune: teacher_kl keeps the epoch closest to the teacher; ua (None) the best
+    validation UA."""
+    return teacher_fidelity(kd.val_logits, kd.corpus.splits["val"]) if select == "teacher_kl" else None
+
+
+def student_file_config(ctx: Context, body) -> dict:
+    """A student model file's config: widths as they are now, the front-end, the class names."""
+    return student_config(body) | {"frontend": ctx.recipe.student.frontend(), "classes": ctx.corpus.classes}

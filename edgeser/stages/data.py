@@ -8,6 +8,7 @@ from pathlib import Path
 from edgeser import distributed as dist
 from edgeser.data.dataset import load_corpus
 from edgeser.fileio import atomic_path, write_json
+from edgeser.stage_spec import Stage
 from edgeser.stages.common import Context
 
 
@@ -59,3 +60,14 @@ def recorded_path(path, run_dir) -> str:
     run folder as the user sees it travels with it."""
     p, run = Path(os.path.abspath(path)), Path(os.path.abspath(run_dir))
     return p.relative_to(run).as_posix() if p.is_relative_to(run) else str(p)
+
+
+def _digest(ctx: Context) -> str:
+    from edgeser.resume import corpus_digest
+
+    return corpus_digest(ctx.corpus)
+
+
+# the corpus lives in memory, so data always runs; its key is the loaded corpus's digest, so a changed file
+# changes every key after it (its metrics.json names the run folder, which would make a moved run look changed)
+STAGE = Stage("data", run, sections=("data",), always_run=True, digest=_digest)

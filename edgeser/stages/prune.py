@@ -13,8 +13,11 @@ import torch
 import torch_pruning as tp
 
 from edgeser import distributed as dist
-from edgeser.stages.common import Context, load_student, model_stats, save_model
-from edgeser.stages.distill import kd_fit, student_full_config
+from edgeser import seeds
+from edgeser.models.io import load_student, save_model
+from edgeser.stage_spec import Stage
+from edgeser.stages.common import (LOGITS, Context, kd_fit_for, kd_set_for, model_stats, student_file_config,
+                                   student_select)
 from edgeser.train import evaluate
 
 
@@ -31,8 +34,8 @@ def int8_latency_ms(student, calib: torch.Tensor, samples: int, runs: int = 50) 
     """p50 latency (batch 1, 1 thread) of the student as INT8 ONNX: calibrated Q/DQ, no training."""
     from edgeser.export.onnx_export import export_onnx
     from edgeser.quant.qstudent import QuantStudent
+    from edgeser.quant.calibrate import calibrate
     from edgeser.runtimes import latency_ms, onnx_runner
-    from edgeser.stages.qat import calibrate
 
     q = QuantStudent(student)
     calibrate(q, calib, 2, 16)
@@ -55,17 +58,18 @@ def prune_to_target(ctx: Context, model, samples: int) -> list[dict]:
     limit = cfg.macs_budget if cfg.target == "macs" else cfg.latency_ms
     n_mels = model.frontend.mel.shape[0]
     steps = [{"step": 0, "value": _measure(ctx, model, cfg.target, samples),
-              "channels": student_full_config(ctx, model.body)["channels"]}]
+              "channels": student_file_config(ctx, model.body)["channels"]}]
     while steps[-1]["value"] > limit and len(steps) <= cfg.max_steps:
         before = steps[-1]["channels"]
         prune_body(model.body, n_mels, cfg.step_ratio, ctx.target.channel_multiple)
-        channels = student_full_config(ctx, model.body)["channels"]
+        channels = student_file_config(ctx, model.body)["channels"]
         if channels == before:  # nothing left to remove at this rounding
             break
         if cfg.step_epochs:
             step_cfg = cfg.model_copy(update={"epochs": cfg.step_epochs, "min_steps": 0})
-            kd_fit(ctx, model, step_cfg, ctx.recipe.seed + 10 + len(steps),
-                   f"prune step {len(steps)}")
+            kd = kd_set_for(ctx)
+            kd_fit_for(ctx, model, kd, step_cfg, ctx.recipe.seed + seeds.PRUNE_STEP + len(steps),
+                       f"prune step {len(steps)}", select=student_select(kd, step_cfg.select))
         steps.append({"step": len(steps), "value": _measure(ctx, model, cfg.target, samples), "channels": channels})
         ctx.log(f"prune step {steps[-1]['step']}: channels {channels}, {cfg.target} {steps[-1]['value']:.4g}")
     return steps
@@ -85,13 +89,19 @@ def run(ctx: Context) -> dict:
         after_prune = evaluate(model, corpus.splits["val"], corpus.classes)
         # the just-pruned model is no candidate either: on an espeak varlen fold its damaged, near-uniform outputs
         # were closer (KL) to an uncertain teacher than every fine-tuned epoch (kept, UA 33 % against 52 %)
-        info = kd_fit(ctx, model, cfg, ctx.recipe.seed + 2, "prune fine-tune", keep_initial=False)
+        kd = kd_set_for(ctx)
+        info = kd_fit_for(ctx, model, kd, cfg, ctx.recipe.seed + seeds.PRUNE_FIT, "prune fine-tune",
+                          keep_initial=False, select=student_select(kd, cfg.select))
         info["val_ua_right_after_pruning"] = after_prune["ua"]
-    save_model(ctx.stage_dir("prune") / "model.pt", model, student_full_config(ctx, model.body))
+    save_model(ctx.stage_dir("prune") / "model.pt", model, student_file_config(ctx, model.body))
     after = model_stats(model, samples)
     metrics = {"test": evaluate(model, corpus.splits["test"], corpus.classes), "before": before, **after,
-               "channels": student_full_config(ctx, model.body)["channels"], "train": info}
+               "channels": student_file_config(ctx, model.body)["channels"], "train": info}
     if steps is not None:
         limit = cfg.macs_budget if cfg.target == "macs" else cfg.latency_ms
         metrics["target"] = {"kind": cfg.target, "limit": limit, "steps": steps, "met": steps[-1]["value"] <= limit}
     return ctx.finish("prune", metrics)
+
+
+STAGE = Stage("prune", run, sections=("prune", "target"), inputs=("stages/distill/model.pt", LOGITS),
+              outputs=("stages/prune/model.pt", "stages/prune/metrics.json"))

@@ -3,24 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from edgeser import seeds
+from edgeser.models.io import load_student, save_model
+from edgeser.quant.calibrate import calibrate
 from edgeser.quant.qstudent import QuantStudent
-from edgeser.stages.common import Context, build_student, load_student, model_stats, read_model_file, save_model
-from edgeser.stages.distill import kd_fit
+from edgeser.stage_spec import Stage
+from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats
 from edgeser.train import evaluate, predict
-
-
-@torch.no_grad()
-def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -> None:
-    """Set every activation scale from max-abs statistics (first batch initialises, later ones average)."""
-    q.eval()
-    q.set_observe(True)
-    for m in q.act_quants():
-        m.initialised.fill_(False)
-    for i in range(min(batches, (len(x) + batch_size - 1) // batch_size)):
-        chunk = x[i * batch_size : (i + 1) * batch_size]
-        q.train()  # observers update in train mode (EMA); no dropout/BN in the quantised model
-        q(chunk)
-    q.eval()
 
 
 def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
@@ -42,13 +31,6 @@ def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
     return score
 
 
-def load_qat(path) -> tuple[QuantStudent, dict]:
-    cfg, state = read_model_file(path)
-    q = QuantStudent(build_student(cfg))
-    q.load_state_dict(state)
-    return q.eval(), cfg
-
-
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.qat, ctx.corpus
     student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
@@ -63,8 +45,8 @@ def run(ctx: Context) -> dict:
 
     source = student if cfg.kd_from == "student" else None
     select = fidelity(student, corpus.splits["val"].x) if source is not None else None
-    info = kd_fit(ctx, q, cfg, ctx.recipe.seed + 3, "qat", use_smote=False, on_epoch=on_epoch, kd_source=source,
-                  select=select)
+    info = kd_fit_for(ctx, q, kd_set_for(ctx), cfg, ctx.recipe.seed + seeds.QAT_FIT, "qat", use_smote=False,
+                      on_epoch=on_epoch, kd_source=source, live_alpha=cfg.alpha, crop_min=cfg.crop_min, select=select)
     info["kd_from"] = cfg.kd_from
     q.set_observe(False)
     q.set_bn_update(False)
@@ -73,3 +55,7 @@ def run(ctx: Context) -> dict:
     metrics = {"test": evaluate(q, corpus.splits["test"], corpus.classes),
                **model_stats(q.to_export(), corpus.splits["test"].x.shape[1]), "train": info}
     return ctx.finish("qat", metrics)
+
+
+STAGE = Stage("qat", run, sections=("qat",), inputs=("stages/prune/model.pt", LOGITS),
+              outputs=("stages/qat/model.pt", "stages/qat/metrics.json"))

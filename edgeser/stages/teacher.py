@@ -3,9 +3,12 @@ recipe.teacher.checkpoint. `edgeser finetune` runs this stage (after data) on it
 from __future__ import annotations
 
 from edgeser import distributed as dist
+from edgeser import seeds
 from edgeser.fileio import size_bytes
+from edgeser.models.io import load_teacher, save_model
 from edgeser.recipe import RecipeError
-from edgeser.stages.common import Context, load_teacher, model_stats, save_model
+from edgeser.stage_spec import Stage
+from edgeser.stages.common import TEACHER, Context, model_stats
 from edgeser.train import evaluate, fit, label_loss, label_loss_name, make_augment
 from edgeser.transfer import build_teacher, frozen_blocks, load_source_audio, params_for, teacher_loss
 
@@ -28,7 +31,7 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
 
     # the batch order (seed) is shared by all ranks; augmentation and MMD picks differ per rank (rank_seed)
     info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed), labels),
-                seed=ctx.recipe.seed,
+                seed=ctx.recipe.seed + seeds.TEACHER_FIT,
                 progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
                 checkpoint=ctx.checkpoint(desc),
                 augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1],
@@ -56,3 +59,6 @@ def run(ctx: Context) -> dict:
                "val": evaluate(model, corpus.splits["val"], corpus.classes),
                **model_stats(model, corpus.splits["test"].x.shape[1]), "size_bytes": size_bytes(path), "train": info}
     return ctx.finish("teacher", metrics)
+
+
+STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, "stages/teacher/metrics.json"))

@@ -6,13 +6,13 @@ import numpy as np
 from edgeser.fileio import sha256, size_bytes
 from edgeser.metrics import classification_metrics
 from edgeser.robustness import resolving_clips, run_audio
-from edgeser.runtimes import latency_ms, load_runner, torch_runner
-from edgeser.stages.common import Context, load_student
-from edgeser.stages.qat import load_qat
+from edgeser.formats import REGISTRY, load_runner
+from edgeser.runtimes import latency_ms, torch_runner
+from edgeser.models.io import load_student
+from edgeser.quant.calibrate import load_qat
+from edgeser.stage_spec import Stage
+from edgeser.stages.common import Context
 
-# coreml and tensorrt reach verification only where their runtime exists (macOS; a GPU with TensorRT):
-# elsewhere the export stage marks them skipped with the reason
-RUNNABLE = {"torchscript", "pt2", "onnx-fp32", "onnx-int8", "onnx-int8-stream", "onnx-int8-ptq", "qnn-htp", "coreml", "tensorrt"}
 
 
 def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logits: np.ndarray,
@@ -25,18 +25,20 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
     path = run_dir / rec["path"] if rec.get("path") else None
     if path is not None and path.exists():
         out["sha256"], out["size_bytes"] = sha256(path), size_bytes(path)
+    # a format whose runtime is missing here (CoreML predict off macOS, TensorRT without a GPU) was marked skipped,
+    # with the reason, by its exporter
     if rec["status"] != "exported":
         return out
-    if rec["format"] not in RUNNABLE:
-        return out | {"status": "skipped", "reason": f"no {rec['format']} runtime on this machine"}
+    fmt = REGISTRY.get(rec["format"])
+    if fmt is None:
+        return out | {"status": "skipped", "reason": f"unknown format {rec['format']!r} (not in this edgeser)"}
     try:
         runner = load_runner(rec["format"], path)
         logits = run_audio(runner, audio)
     except Exception as e:
         return out | {"status": "failed", "reason": f"cannot run: {type(e).__name__}: {e}"}
     m = classification_metrics(y, logits.argmax(1), classes)
-    reason = ("ran whole on Qualcomm's HTP backend (CPU fallback disabled); its latency is the x86 simulator's, "
-              "not the device's") if rec["format"] == "qnn-htp" else None
+    reason = fmt.note
     if runner.fixed_samples:  # a static-shape graph: the runner slides its window (edgeser.runtimes.Runner)
         reason = ((reason + "; ") if reason else "") + (
             f"fixed window of {runner.fixed_samples} samples, slid over longer input at half a window's hop with "
@@ -49,7 +51,7 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
                latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1))
     if suite is not None:
         try:
-            sim = rec["format"] == "qnn-htp"
+            sim = fmt.simulated
             out["robustness"] = suite.measure(runner, max_clips=simulated_clips if sim else None, gated_only=sim)
         except Exception as e:
             out.update(status="failed", reason=f"robustness suite: {type(e).__name__}: {e}")
@@ -137,7 +139,7 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
     The teacher is scored afresh on the same clips, so each artifact's UA drop is paired: same clips, and the
     same bootstrap resamples (ua_drop_pt with ua_drop_ci_pt); UA and WA carry 95 % intervals (ua_ci, wa_ci)."""
     from edgeser.metrics import bootstrap_ci, paired_drop_ci
-    from edgeser.stages.common import load_teacher
+    from edgeser.models.io import load_teacher
     from edgeser.train import predict_split
 
     x, y = test.x.numpy(), test.y.numpy()
@@ -189,3 +191,8 @@ def run(ctx: Context) -> dict:
     out = verify_records(ctx.run_dir, ctx.recipe, ctx.corpus.splits["test"], ctx.corpus.classes,
                          ctx.results["export"]["artifacts"], ctx.results, ctx.progress)
     return ctx.finish("verify", out)
+
+
+STAGE = Stage("verify", run, sections=("verify",),
+              inputs=("artifacts", "stages/qat/model.pt", "stages/prune/model.pt", "stages/teacher/model.pt"),
+              outputs=("stages/verify/metrics.json",), main_only=True)

@@ -31,6 +31,25 @@ def _run_classes(path: Path, n: int) -> list[str]:
     return [f"class{i}" for i in range(n)]
 
 
+def onnx_framing(meta: dict, path: Path) -> tuple[int, int, int]:
+    """(sample rate, frame samples, hop samples) of a whole-clip ONNX student. The rate and the analysis frame
+    come from the artifact's own metadata (edgeser.export.artifact_meta: `sample_rate`, input `frame_samples`);
+    the hop, which the metadata does not record, from the run's recipe.json beside RUN/artifacts/, else the
+    recipe's default (edgeser.recipe.Student). A foreign ONNX without metadata gets the recipe defaults."""
+    from edgeser.recipe import Student
+
+    spec = json.loads(meta.get("input", "{}"))
+    student = Student()
+    try:
+        raw = json.loads((Path(path).resolve().parent.parent / "recipe.json").read_text())
+        student = Student.model_validate(raw.get("student") or {})
+    except (OSError, ValueError, AttributeError):
+        pass
+    sr = int(meta.get("sample_rate") or spec.get("sample_rate") or 16000)
+    frame = int(spec.get("frame_samples") or int(sr * student.frame_ms / 1000) + 1)  # + 1: pre-emphasis
+    return sr, frame, int(sr * student.hop_ms / 1000)
+
+
 class StreamModel:
     """Wraps the onnxruntime sessions and counts the seconds spent in them (`compute_s`)."""
 
@@ -73,8 +92,8 @@ class StreamModel:
         self.input_name = inp.name
         self.clip_samples = int(inp.shape[1]) if isinstance(inp.shape[1], int) else None
         self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.sr, self.frame, self.hop = 16000, 801, 400  # the student front-end's framing (recipe defaults)
         meta = self.whole.get_modelmeta().custom_metadata_map
+        self.sr, self.frame, self.hop = onnx_framing(meta, path)
         self.classes = json.loads(meta["classes"]) if "classes" in meta else _run_classes(path, int(out.shape[1]))
         self.cacheable = False
 

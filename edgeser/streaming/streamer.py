@@ -15,16 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeser.recipe import Stream
 from edgeser.streaming.artifact import StreamError, StreamModel
+
+_DEFAULT = Stream()  # the recipe's stream defaults, written once there
 
 
 @dataclass
 class StreamSettings:
+    """The settings one stream runs with (resolve_settings): defaults are the recipe's stream section's."""
     window_s: float
     hop_s: float
-    smoothing: str = "ema"  # ema | median | none
-    ema_alpha: float = 0.5  # weight of the newest window
-    median_windows: int = 5
+    smoothing: str = _DEFAULT.smoothing  # ema | median | none
+    ema_alpha: float = _DEFAULT.ema_alpha  # weight of the newest window
+    median_windows: int = _DEFAULT.median_windows
 
 
 def resolve_settings(model: StreamModel, recipe=None, window: float | None = None, hop: float | None = None,
@@ -41,10 +45,9 @@ def resolve_settings(model: StreamModel, recipe=None, window: float | None = Non
     if window is None:
         raise StreamError(f"window: {model.path} takes any length and no recipe says which (it is not in a "
                           f"RUN/artifacts folder with RUN/recipe.json); give --window SECONDS or --recipe")
-    if hop is None:
-        hop = cfg.hop_s if cfg else 0.5
-    return StreamSettings(window_s=window, hop_s=hop, smoothing=smoothing or (cfg.smoothing if cfg else "ema"),
-                          ema_alpha=cfg.ema_alpha if cfg else 0.5, median_windows=cfg.median_windows if cfg else 5)
+    cfg = cfg or _DEFAULT
+    return StreamSettings(window_s=window, hop_s=cfg.hop_s if hop is None else hop, smoothing=smoothing or cfg.smoothing,
+                          ema_alpha=cfg.ema_alpha, median_windows=cfg.median_windows)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
