@@ -55,11 +55,12 @@ import numpy as np
 import torch
 
 SAMPLES = 48000  # 3 s at 16 kHz
-REQUIRED = ["report.json", "stages/teacher/model.pt", "stages/prune/model.pt", "stages/qat/model.pt"]
-
-
 def missing_files(run_dir: Path) -> list[str]:
-    return [f for f in REQUIRED if not (run_dir / f).exists()]
+    from edgeser.run_dir import RunDir
+
+    run = RunDir(run_dir)
+    need = [run.report("json"), *(run.model(s) for s in ("teacher", "prune", "qat"))]
+    return [run.rel(p) for p in need if not p.exists()]
 
 
 def ensure_run(args) -> tuple[Path, bool]:
@@ -92,11 +93,13 @@ def export_models(run_dir: Path, report: dict, bench_dir: Path) -> dict:
     from edgeser.models.io import load_student, load_teacher
     from edgeser.quant.calibrate import load_qat
 
-    stages = run_dir / "stages"
+    from edgeser.run_dir import RunDir
+
+    run = RunDir(run_dir)
     try:
-        teacher = load_teacher(stages / "teacher" / "model.pt")
-        student, _ = load_student(stages / "prune" / "model.pt")
-        qexport = load_qat(stages / "qat" / "model.pt")[0].to_export()
+        teacher = load_teacher(run.model("teacher"))
+        student, _ = load_student(run.model("prune"))
+        qexport = load_qat(run.model("qat"))[0].to_export()
     except Exception as e:  # a run made by an older edgeser whose checkpoint layout changed since
         sys.exit(f"{run_dir}: cannot load its checkpoints with this edgeser ({type(e).__name__}: "
                  f"{str(e).splitlines()[0][:200]}...). Run the bench without --run to measure a fresh run.")
@@ -198,11 +201,12 @@ def main() -> None:
         ap.error("--runs must be >= 200")
 
     from edgeser.roofline import INT8_OPS, achieved_fraction, int8_peak_macs_per_s
+    from edgeser.run_dir import RunDir
     from edgeser.stages.common import model_stats
 
     run_dir, reused = ensure_run(args)
     torch.set_num_threads(1)  # after the pipeline (which trains on every core); exports and MAC counts only
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads(RunDir(run_dir).report("json").read_text())
     arts = {a["name"]: a for a in report["artifacts"]}
     int8 = arts.get("onnx-int8")
     if int8 is None or int8.get("ua") is None or not int8.get("path"):
@@ -232,7 +236,7 @@ def main() -> None:
         f"from another edgeser version")
 
     # sizes
-    teacher_ckpt = (run_dir / "stages" / "teacher" / "model.pt").stat().st_size
+    teacher_ckpt = RunDir(run_dir).model("teacher").stat().st_size
     teacher_onnx = paths["teacher_fp32"].stat().st_size
     int8_size = (run_dir / int8["path"]).stat().st_size
     fp32_art = arts.get("onnx-fp32")

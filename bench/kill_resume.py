@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgeser.fileio import sha256  # noqa: E402
+from edgeser.run_dir import RunDir  # noqa: E402
 
 SMALL = ["teacher.epochs=3", "distill.epochs=4", "prune.epochs=2", "qat.epochs=2", "data.synth.clips_per_class=80",
          "verify.latency_runs=5", "verify.max_ua_drop_pt=100"]  # short training: the gates are not the point here
@@ -38,20 +39,22 @@ def cli(args: list[str], **kw) -> subprocess.Popen:
 
 
 def under_way(run: Path, stage: str) -> bool:
+    r = RunDir(run)
     if stage in TRAINING:
-        return any((run / "stages" / stage).glob("ckpt-*.pt"))
+        return any(r.stage(stage).glob("ckpt-*.pt"))
     if stage == "export":
-        return (run / "artifacts").is_dir()
+        return r.artifacts.is_dir()
     if stage == "verify":
-        return (run / "stages/export/done.json").is_file()
+        return r.done("export").is_file()
     raise ValueError(stage)
 
 
 def fingerprints(run: Path) -> dict[str, str]:
-    manifest = json.loads((run / "manifest.json").read_text())
+    r = RunDir(run)
+    manifest = json.loads(r.manifest.read_text())
     out = {name: sha256(run / a["path"]) for name, a in manifest["artifacts"].items()}
     for stage in TRAINING:
-        out[f"stages/{stage}/model.pt"] = sha256(run / "stages" / stage / "model.pt")
+        out[r.rel(r.model(stage))] = sha256(r.model(stage))
     return out
 
 
@@ -70,7 +73,7 @@ def main() -> None:
     t = time.perf_counter()
     p = cli(base + ["--out", str(ref)])
     _, err = p.communicate()
-    if p.returncode not in (0, 1) or not (ref / "manifest.json").is_file():  # 1: a gate failed, the run finished
+    if p.returncode not in (0, 1) or not RunDir(ref).manifest.is_file():  # 1: a gate failed, the run finished
         sys.exit(f"uninterrupted run failed ({p.returncode}):\n{err[-2000:]}")
     want = fingerprints(ref)
     print(f"uninterrupted run: {time.perf_counter() - t:.0f} s, {len(want)} files")
@@ -87,11 +90,11 @@ def main() -> None:
             continue
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        left = sorted(str(f.relative_to(run)) for f in (run / "stages" / stage).glob("*")) if (run / "stages" / stage).is_dir() else []
+        left = sorted(RunDir(run).rel(f) for f in RunDir(run).stage(stage).glob("*")) if RunDir(run).stage(stage).is_dir() else []
         t = time.perf_counter()
         r = cli(base + ["--out", str(run), "--resume"])
         _, err = r.communicate()
-        if r.returncode not in (0, 1) or not (run / "manifest.json").is_file():
+        if r.returncode not in (0, 1) or not RunDir(run).manifest.is_file():
             print(f"{stage}: resume failed ({r.returncode}): {err[-800:]}")
             results[stage] = {"killed": True, "resumed": False}
             continue

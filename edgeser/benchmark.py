@@ -38,6 +38,7 @@ from typing import Callable, Iterable
 
 from edgeser.fileio import size_bytes
 from edgeser.formats import by_suffix
+from edgeser.run_dir import RunDir
 from edgeser.timing import time_calls
 
 SAMPLE_RATE = 16000
@@ -119,7 +120,7 @@ def onnx_input_shape(path: Path) -> list[int | None]:
 
 def recipe_samples(path: Path) -> tuple[int | None, Path]:
     """Samples per clip from RUN/recipe.json next to RUN/artifacts/ (data.clip_seconds at 16 kHz)."""
-    recipe = Path(path).parent.parent / "recipe.json"
+    recipe = RunDir.of_artifact(path, resolve=False).recipe
     if not recipe.is_file():
         return None, recipe
     try:
@@ -132,7 +133,7 @@ def recipe_samples(path: Path) -> tuple[int | None, Path]:
 
 def _recipe_stream(path: Path) -> tuple[float | None, float | None, Path]:
     """(stream.window_s, stream.hop_s) from RUN/recipe.json next to RUN/artifacts/; None where it says nothing."""
-    recipe = Path(path).parent.parent / "recipe.json"
+    recipe = RunDir.of_artifact(path, resolve=False).recipe
     try:
         stream = json.loads(recipe.read_text()).get("stream") or {}
     except (OSError, ValueError, AttributeError):

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from edgeser.recipe import RecipeError, load_recipe
+from edgeser.run_dir import RunDir
 
 # rich_markup_mode=None: click's plain help, which wraps to the terminal and shows flags without `<bool>` types
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -79,7 +80,7 @@ def compress(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     run_dir, report = _run(recipe, set_, out, no_progress, "report", resume)
     _other_ranks_exit()
     print_report(console, report)
-    console.print(f"report: {run_dir / 'report.md'}")
+    console.print(f"report: {RunDir(run_dir).report('md')}")
     raise typer.Exit(0 if report["passed"] else 1)
 
 
@@ -93,7 +94,7 @@ def finetune(recipe: Path = RECIPE, set_: Optional[List[str]] = SET, out: Option
     console.print(f"teacher ({m['train'].get('strategy', 'loaded')}): test UA {100 * t['ua']:.1f}%  "
                   f"WA {100 * t['wa']:.1f}%  macro-F1 {100 * t['macro_f1']:.1f}%")
     console.print("per-class recall: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t["per_class_recall"].items()))
-    console.print(f"model: {run_dir / 'stages/teacher/model.pt'}")
+    console.print(f"model: {RunDir(run_dir).model('teacher')}")
 
 
 @app.command(short_help="k-fold speaker-independent cross-validation")
@@ -150,7 +151,7 @@ def find_run_folder(path: Path) -> Path:
     if not path.exists():
         raise RecipeError(f"{path}: no such run folder")
     for p in [path if path.is_dir() else path.parent, *path.resolve().parents]:
-        if (p / "manifest.json").is_file() and (p / "recipe.json").is_file():
+        if RunDir(p).is_finished():
             return p
     raise RecipeError(f"{path}: not inside a finished `edgeser compress` run folder (no manifest.json and "
                       "recipe.json here or above)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgeser.fileio import write_json, write_text
 from edgeser.report import md_table, teacher_figures
+from edgeser.run_dir import RunDir
 
 METRICS = ("ua", "wa", "macro_f1")
 STAGES = ("distill", "prune", "qat")
@@ -37,13 +38,13 @@ def _stats(rows: list[dict], keys=METRICS) -> dict:
 
 def fold_figures(fold, run_dir: Path) -> dict:
     """One fold's figures, read from its run folder."""
-    d = run_dir / fold.name
-    report = json.loads((d / "report.json").read_text())
+    d = RunDir(run_dir / fold.name)
+    report = json.loads(d.report("json").read_text())
     t = teacher_figures(report)
     teacher = {k: t.get(k) for k in METRICS}
     stages = {}
     for s in STAGES:
-        m = json.loads((d / "stages" / s / "metrics.json").read_text())["test"]
+        m = d.read_metrics(s)["test"]
         stages[s] = {k: m.get(k) for k in METRICS}
     arts = {}
     for a in report["artifacts"]:

@@ -12,6 +12,7 @@ from edgeser import seeds
 from edgeser.data.manifest import read_manifest
 from edgeser.fileio import write_json
 from edgeser.recipe import Recipe
+from edgeser.run_dir import RunDir
 from edgeser.resume import StageCache, seed_everything, stage_key, stage_outputs
 from edgeser.stage_spec import Stage, order
 from edgeser.stages import data, distill, export, prune, qat, report, teacher, verify
@@ -65,11 +66,11 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
     preflight(recipe)
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("manifest.json", "report.json"):  # a run that dies must not look finished to `verify`
-            (run_dir / stale).unlink(missing_ok=True)
+        for stale in (RunDir(run_dir).manifest, RunDir(run_dir).report("json")):  # a run that dies must not
+            stale.unlink(missing_ok=True)  # look finished to `verify`
     recipe_json = recipe.model_dump(mode="json")
     if dist.is_main():
-        write_json(run_dir / "recipe.json", recipe_json)
+        write_json(RunDir(run_dir).recipe, recipe_json)
     cache = dist.main_only_cache(StageCache(run_dir), {s.name for s in STAGES if s.main_only})
     upstream = None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

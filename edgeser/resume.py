@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from edgeser.fileio import load_state, save_state, sha256, write_json
+from edgeser.run_dir import RunDir
 
-DONE = "done.json"
 
 
 def package_version() -> str:
@@ -67,7 +67,7 @@ class StageCache:
         self.run_dir = Path(run_dir)
 
     def _marker(self, stage: str) -> Path:
-        return self.run_dir / "stages" / stage / DONE
+        return RunDir(self.run_dir).done(stage)
 
     def lookup(self, stage: str, key: str) -> dict | None:
         """The done record when the stage finished with this key and its outputs are unchanged."""

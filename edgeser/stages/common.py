@@ -13,6 +13,7 @@ from edgeser.fileio import write_json
 from edgeser.kd import KDSet, kd_fit, kd_set, teacher_fidelity, view_count
 from edgeser.models.student import student_config
 from edgeser.recipe import Recipe
+from edgeser.run_dir import MODEL, RunDir, stage_file
 from edgeser.targets import Target
 from edgeser.train import make_augment
 
@@ -31,14 +32,18 @@ class Context:
     stage: str | None = None  # the stage running now, and its content key (edgeser/resume.py)
     stage_key: str | None = None
 
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
     def stage_dir(self, name: str) -> Path:
-        d = self.run_dir / "stages" / name
+        d = self.run.stage(name)
         if dist.is_main():  # under torchrun only rank 0 writes (edgeser/distributed.py)
             d.mkdir(parents=True, exist_ok=True)
         return d
 
     def artifacts_dir(self) -> Path:
-        d = self.run_dir / "artifacts"
+        d = self.run.artifacts
         if dist.is_main():
             d.mkdir(parents=True, exist_ok=True)
         return d
@@ -64,7 +69,7 @@ class Context:
 
 
 def read_metrics(run_dir: Path, stage: str) -> dict:
-    return json.loads((run_dir / "stages" / stage / "metrics.json").read_text())
+    return RunDir(run_dir).read_metrics(stage)
 
 
 def model_stats(model: torch.nn.Module, samples: int) -> dict:
@@ -82,8 +87,8 @@ def model_stats(model: torch.nn.Module, samples: int) -> dict:
 
 # --- the KD set and loop with the recipe's settings: distill, prune and QAT call these alike (edgeser/kd.py) ---
 
-TEACHER = "stages/teacher/model.pt"
-LOGITS = "stages/distill/teacher_logits.pt"
+TEACHER = stage_file("teacher", MODEL)
+LOGITS = stage_file("distill", "teacher_logits.pt")
 
 
 def kd_set_for(ctx: Context) -> KDSet:

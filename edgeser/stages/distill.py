@@ -10,6 +10,7 @@ import torch
 from edgeser import seeds
 from edgeser.models.io import save_model
 from edgeser.models.student import Student
+from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import (LOGITS, TEACHER, Context, kd_fit_for, kd_set_for, model_stats, student_file_config,
                                    student_select)
@@ -32,4 +33,4 @@ def run(ctx: Context) -> dict:
 
 
 STAGE = Stage("distill", run, sections=("student", "distill"), inputs=(TEACHER,),
-              outputs=("stages/distill/model.pt", "stages/distill/metrics.json", LOGITS))
+              outputs=(stage_file("distill", MODEL), stage_file("distill", METRICS), LOGITS))

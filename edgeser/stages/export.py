@@ -12,6 +12,7 @@ from edgeser.export.onnx_export import min_samples
 from edgeser.formats import REGISTRY, ExportJob, resolve
 from edgeser.models.io import load_student
 from edgeser.quant.calibrate import load_qat
+from edgeser.run_dir import ARTIFACTS, METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import Context
 
@@ -76,5 +77,5 @@ def run(ctx: Context) -> dict:
 
 
 # the artifacts folder as a whole: the recorded artifacts and what they need beside them (model card, scripts)
-STAGE = Stage("export", run, sections=("export", "target"), inputs=("stages/qat/model.pt", "stages/prune/model.pt"),
-              outputs=("artifacts", "stages/export/metrics.json"), main_only=True)
+STAGE = Stage("export", run, sections=("export", "target"), inputs=(stage_file("qat", MODEL), stage_file("prune", MODEL)),
+              outputs=(ARTIFACTS, stage_file("export", METRICS)), main_only=True)

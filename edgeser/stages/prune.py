@@ -15,6 +15,7 @@ import torch_pruning as tp
 from edgeser import distributed as dist
 from edgeser import seeds
 from edgeser.models.io import load_student, save_model
+from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import (LOGITS, Context, kd_fit_for, kd_set_for, model_stats, student_file_config,
                                    student_select)
@@ -103,5 +104,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("prune", metrics)
 
 
-STAGE = Stage("prune", run, sections=("prune", "target"), inputs=("stages/distill/model.pt", LOGITS),
-              outputs=("stages/prune/model.pt", "stages/prune/metrics.json"))
+STAGE = Stage("prune", run, sections=("prune", "target"), inputs=(stage_file("distill", MODEL), LOGITS),
+              outputs=(stage_file("prune", MODEL), stage_file("prune", METRICS)))

@@ -7,6 +7,7 @@ from edgeser import seeds
 from edgeser.models.io import load_student, save_model
 from edgeser.quant.calibrate import calibrate
 from edgeser.quant.qstudent import QuantStudent
+from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats
 from edgeser.train import evaluate, predict
@@ -57,5 +58,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("qat", metrics)
 
 
-STAGE = Stage("qat", run, sections=("qat",), inputs=("stages/prune/model.pt", LOGITS),
-              outputs=("stages/qat/model.pt", "stages/qat/metrics.json"))
+STAGE = Stage("qat", run, sections=("qat",), inputs=(stage_file("prune", MODEL), LOGITS),
+              outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)))

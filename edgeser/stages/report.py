@@ -5,22 +5,20 @@ from edgeser.fileio import write_json, write_text
 from edgeser.report import build_report, markdown
 from edgeser.report_html import render
 from edgeser.run_manifest import write_manifest
+from edgeser.run_dir import MANIFEST, METRICS, REPORTS, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import Context
 
-OUTPUTS = ("report.json", "report.md", "report.html", "manifest.json")
-
-
 def run(ctx: Context) -> dict:
     report = build_report(ctx)
-    write_json(ctx.run_dir / "report.json", report)
-    write_text(ctx.run_dir / "report.md", markdown(report))
-    write_text(ctx.run_dir / "report.html", render(report))
+    write_json(ctx.run.report("json"), report)
+    write_text(ctx.run.report("md"), markdown(report))
+    write_text(ctx.run.report("html"), render(report))
     # written last: `edgeser verify` takes a run folder with a manifest.json as finished
     write_manifest(ctx.run_dir, ctx.recipe.model_dump(mode="json"), report["artifacts"])
     return report
 
 
 # cheap, and it reads every stage's results: it always runs
-STAGE = Stage("report", run, sections=(), inputs=("stages/verify/metrics.json",), outputs=OUTPUTS,
+STAGE = Stage("report", run, sections=(), inputs=(stage_file("verify", METRICS),), outputs=(*REPORTS, MANIFEST),
               main_only=True, always_run=True)

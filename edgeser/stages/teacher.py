@@ -7,6 +7,7 @@ from edgeser import seeds
 from edgeser.fileio import size_bytes
 from edgeser.models.io import load_teacher, save_model
 from edgeser.recipe import RecipeError
+from edgeser.run_dir import METRICS, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import TEACHER, Context, model_stats
 from edgeser.train import evaluate, fit, label_loss, label_loss_name, make_augment
@@ -61,4 +62,4 @@ def run(ctx: Context) -> dict:
     return ctx.finish("teacher", metrics)
 
 
-STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, "stages/teacher/metrics.json"))
+STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, stage_file("teacher", METRICS)))

@@ -10,6 +10,7 @@ from edgeser.formats import REGISTRY, load_runner
 from edgeser.runtimes import latency_ms, torch_runner
 from edgeser.models.io import load_student
 from edgeser.quant.calibrate import load_qat
+from edgeser.run_dir import ARTIFACTS, METRICS, MODEL, RunDir, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import Context
 
@@ -145,11 +146,12 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
     x, y = test.x.numpy(), test.y.numpy()
     full = getattr(test, "full", None)  # whole utterances when the corpus's lengths vary: scored as they are
     audio = [w.astype(np.float32) for w in full] if full is not None else x
-    q, _ = load_qat(run_dir / "stages/qat/model.pt")
-    fp32, _ = load_student(run_dir / "stages/prune/model.pt")
+    run = RunDir(run_dir)
+    q, _ = load_qat(run.model("qat"))
+    fp32, _ = load_student(run.model("prune"))
     refs = {"qat": run_audio(torch_runner(q), audio), "prune": run_audio(torch_runner(fp32), audio)}
     stats = {"qat": results["qat"], "prune": results["prune"]}
-    teacher_pred = predict_split(load_teacher(run_dir / "stages/teacher/model.pt"), test).argmax(1).numpy()
+    teacher_pred = predict_split(load_teacher(run.model("teacher")), test).argmax(1).numpy()
     tm, tci = classification_metrics(y, teacher_pred, classes), bootstrap_ci(y, teacher_pred, classes)
     teacher = {"ua": tm["ua"], "wa": tm["wa"], "ua_ci": tci["ua"], "wa_ci": tci["wa"], "n": tm["n"],
                "whole_utterances": full is not None}
@@ -194,5 +196,5 @@ def run(ctx: Context) -> dict:
 
 
 STAGE = Stage("verify", run, sections=("verify",),
-              inputs=("artifacts", "stages/qat/model.pt", "stages/prune/model.pt", "stages/teacher/model.pt"),
-              outputs=("stages/verify/metrics.json",), main_only=True)
+              inputs=(ARTIFACTS, *(stage_file(s, MODEL) for s in ("qat", "prune", "teacher"))),
+              outputs=(stage_file("verify", METRICS),), main_only=True)

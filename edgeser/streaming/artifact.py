@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.export.stream_export import BODY, CONFIG, FRONTEND, STEP
+from edgeser.run_dir import RunDir
 from edgeser.runtimes import onnx_session
 
 
@@ -21,7 +22,7 @@ class StreamError(ValueError):
 
 def _run_classes(path: Path, n: int) -> list[str]:
     """Class names of the run an ONNX file came from (RUN/artifacts/x.onnx -> RUN/stages/data/metrics.json)."""
-    metrics = path.resolve().parent.parent / "stages" / "data" / "metrics.json"
+    metrics = RunDir.of_artifact(path).metrics("data")
     try:
         classes = json.loads(metrics.read_text())["classes"]
         if len(classes) == n:
@@ -41,7 +42,7 @@ def onnx_framing(meta: dict, path: Path) -> tuple[int, int, int]:
     spec = json.loads(meta.get("input", "{}"))
     student = Student()
     try:
-        raw = json.loads((Path(path).resolve().parent.parent / "recipe.json").read_text())
+        raw = RunDir.of_artifact(path).read_recipe()
         student = Student.model_validate(raw.get("student") or {})
     except (OSError, ValueError, AttributeError):
         pass
@@ -142,7 +143,7 @@ def run_stream_config(artifact: Path, recipe: Path | None):
     if recipe is not None:
         r = load_recipe(recipe)
         return r.stream, r.data.clip_seconds
-    saved = Path(artifact).resolve().parent.parent / "recipe.json"
+    saved = RunDir.of_artifact(artifact).recipe
     try:
         raw = json.loads(saved.read_text())
     except (OSError, ValueError):  # no run folder around the artifact, or not JSON
