@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeser import distributed as dist
+from edgeser.checkpoint import Stochastic, generators
 from edgeser.data.dataset import Corpus, Split, random_crops
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.io import load_teacher
@@ -131,7 +132,7 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
                                                                       reduction="sum") / int(real.sum())
         return total
 
-    return loss
+    return Stochastic(loss, generators(mel_augment))
 
 
 def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Generator, crop_min: float,
@@ -151,7 +152,7 @@ def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Gener
             target = source(xc)
         return kd_loss(model(xc, mel_augment=mel_augment), target, y, temperature, alpha, labels, idx)
 
-    return loss
+    return Stochastic(loss, [gen, *generators(mel_augment)])
 
 
 def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) -> tuple[Split, torch.Tensor]:
@@ -188,7 +189,7 @@ def kd_fit(model, kd: KDSet, cfg, *, temperature: float, alpha: float, seed: int
         from edgeser.data.augment import freq_mask as mask
 
         gen = torch.Generator().manual_seed(dist.rank_seed(seed))  # each rank its own masks (seed on rank 0)
-        mel_augment = lambda mel: mask(mel, gen, fraction=0.2)  # noqa: E731
+        mel_augment = Stochastic(lambda mel: mask(mel, gen, fraction=0.2), [gen])
     hints, params = None, None
     if use_hints and kd.hints:
         torch.manual_seed(seed)

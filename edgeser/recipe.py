@@ -1,7 +1,6 @@
 """The recipe: one YAML file, validated by this pydantic schema (the single source of truth for options)."""
 from __future__ import annotations
 
-import math
 
 import types
 from pathlib import Path

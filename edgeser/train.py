@@ -126,6 +126,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def make_augment(cfg, samples: int, seed: int) -> Callable:
     """The waveform augmentation for training: light gain/shift/noise always, plus the recipe's switches."""
+    from edgeser.checkpoint import Stochastic
     from edgeser.data.augment import Augmenter, load_noise_bank
 
     gen = torch.Generator().manual_seed(seed)
@@ -134,7 +135,7 @@ def make_augment(cfg, samples: int, seed: int) -> Callable:
         bank = load_noise_bank(cfg.noise_folder, samples)
     extra = Augmenter(time_stretch=cfg.time_stretch, pitch_shift=cfg.pitch_shift, noise=cfg.noise,
                       snr_db=cfg.snr_db, noise_bank=bank, p=cfg.p, seed=seed)
-    return lambda x: extra(augment(x, gen))
+    return Stochastic(lambda x: extra(augment(x, gen)), [gen, extra.gen])
 
 
 def scaled_epochs(cfg: Train, steps_per_epoch: int) -> int:
@@ -197,9 +198,9 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     task = progress.add_task(desc, total=epochs * steps) if progress else None
     start = 1
     if checkpoint is not None:
-        from edgeser.resume import generators_of, rng_state, set_rng_state
+        from edgeser.checkpoint import generators, rng_state, set_rng_state
 
-        gens = [gen, *generators_of(augment_fn, loss_fn, getattr(model, "mel_augment", None))]
+        gens = [gen, *generators(augment_fn, loss_fn)]
         saved = checkpoint.load()
         if saved is not None:
             model.load_state_dict(saved["model"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgeser.checkpoint import Stochastic
 from edgeser.models.soundnet import SoundNet8
 from edgeser.recipe import RecipeError, Teacher
 
@@ -71,7 +72,7 @@ def teacher_loss(cfg: Teacher, source: torch.Tensor | None, seed: int, labels=No
         pick = torch.randint(0, len(source), (len(x),), generator=gen)
         return cfg.ce_weight * ce + cfg.mmd_weight * mmd_rbf(model.embed(source[pick]), h)
 
-    return loss
+    return Stochastic(loss, [gen])
 
 
 def load_source_audio(folder, samples: int, limit: int = 512) -> torch.Tensor:

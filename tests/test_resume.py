@@ -117,7 +117,7 @@ def _tiny_fit(checkpoint, stop_after=None, seed=0):
 
 
 def test_fit_resumes_from_epoch_checkpoint(tmp_path):
-    from edgeser.resume import EpochCheckpoint
+    from edgeser.checkpoint import EpochCheckpoint
 
     straight, info = _tiny_fit(EpochCheckpoint(tmp_path / "a.pt", "k"))
     ck = EpochCheckpoint(tmp_path / "b.pt", "k")

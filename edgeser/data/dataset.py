@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from edgeser.data.audio import BadAudio, fix_length, load_audio
-from edgeser.data.manifest import Item, read_manifest, speaker_split
+from edgeser.data.manifest import read_manifest, speaker_split
 from edgeser.data.votes import distribution, relabel
 from edgeser.recipe import Data, RecipeError
 

@@ -11,12 +11,13 @@ normalised, so loudness is not a cue.
 from __future__ import annotations
 
 import csv
-import os
 import pathlib
 import wave
 
 import numpy as np
 from scipy.signal import lfilter
+
+from edgeser.fileio import atomic_path
 
 CLASSES = ("neutral", "happy", "sad", "angry")
 TARGET_RMS = 0.06  # ~ -24.4 dBFS; leaves > 24 dB headroom for peaks
@@ -150,14 +151,12 @@ def _clip(spk: dict, emotion: str, rng, n: int, sr: int) -> np.ndarray:
 
 
 def _write_wav(path: pathlib.Path, x: np.ndarray, sr: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     pcm = np.round(x * 32768).clip(-32768, 32767).astype("<i2")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sr)
         w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
 
 
 def synthesize_corpus(out_dir, seed: int = 0, clips_per_class: int = 160, n_speakers: int = 10,
@@ -198,10 +197,8 @@ def synthesize_corpus(out_dir, seed: int = 0, clips_per_class: int = 160, n_spea
                     on_clip(done, total)
 
     manifest = out_dir / "manifest.csv"
-    tmp = out_dir / "manifest.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("path", "label", "speaker"))
         writer.writerows(rows)
-    os.replace(tmp, manifest)
     return manifest

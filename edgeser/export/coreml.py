@@ -17,10 +17,7 @@ loud clip can overflow 65504 and ``log(x + 1e-10)`` of silence becomes ``log(0)`
 """
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 

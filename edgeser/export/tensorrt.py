@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from edgeser.fileio import write_bytes
+from edgeser.fileio import atomic_path, write_bytes
 
 # ONNX ops (default domain) the TensorRT 10 ONNX parser handles.  Deliberately
 # conservative: no STFT/DFT, no Loop/Scan/If, no sequence ops, no custom domains.
@@ -266,11 +266,9 @@ def write_trtexec_script(onnx_path, script_path, *, input_name, min_shape, opt_s
             "set -euo pipefail\n"
             'cd "$(dirname "$0")"\n'
             f'{cmd} "$@"\n')
-    script_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = script_path.with_name(f".{script_path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, script_path)
+    with atomic_path(script_path) as tmp:
+        tmp.write_text(text)
+        tmp.chmod(0o755)
     return cmd
 
 

@@ -50,7 +50,7 @@ class Context:
 
     def checkpoint(self, name: str):
         """An epoch checkpoint for one training loop of the running stage (None outside the pipeline)."""
-        from edgeser.resume import EpochCheckpoint
+        from edgeser.checkpoint import EpochCheckpoint
 
         if self.stage is None or self.stage_key is None:
             return None
