@@ -1,4 +1,5 @@
-"""Command line: `edgeser compress`, `edgeser data synth`. Exit codes: 0 ok, 1 a gate failed, 2 bad input."""
+"""Command line: compress, finetune, cv, verify, bench, stream, data (synth, import), recipe (defaults,
+schema). Exit codes: 0 ok, 1 a gate failed, 2 bad input (errors.InputError: the message names the field or file)."""
 from __future__ import annotations
 
 import sys
@@ -294,7 +295,7 @@ def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8
             err.print(f"note: {artifact} is a plain ONNX, so windows cannot share frames: streaming without the "
                       f"cache (as --no-cache); the cached one is the stream folder, RUN/artifacts/student_int8_stream",
                       highlight=False, markup=False)
-        chunk = model.hop * 4  # 100 ms
+        chunk = model.hop * 4  # four frame hops per read (100 ms at the default 25 ms hop)
         source = wav_chunks(wav, chunk) if wav else stdin_chunks(chunk, fmt) if stdin else mic_chunks(chunk)
         out = sys.stdout
         for pcm in source:

@@ -1,6 +1,8 @@
-"""Run an exported artifact on this machine: PyTorch, TorchScript, torch.export and onnxruntime.
+"""Run an exported artifact on this machine: PyTorch modules, TorchScript, torch.export, onnxruntime (whole
+graphs and the stream folder), onnxruntime-qnn's HTP simulator, CoreML (macOS) and TensorRT (a CUDA GPU).
 
-Each runner maps float32 audio (B, samples) to logits (B, classes) as numpy.
+Each runner maps float32 audio (B, samples) to logits (B, classes) as numpy. Which runner a format uses is the
+format registry's (edgeser/formats.py load_runner).
 """
 from __future__ import annotations
 

@@ -102,3 +102,14 @@ def test_each_format_name_in_at_most_two_modules():
             if re.search(rf"""["']{re.escape(name)}["']""", text):
                 spelled.setdefault(name, []).append(str(path.relative_to(ROOT)))
     assert {n: sorted(m) for n, m in spelled.items() if len(m) > 2} == {}
+
+
+def test_readme_tables_match_the_code():
+    """The README's stage, format and report tables are what edgeser/layout_docs.py renders from the code."""
+    from edgeser.layout_docs import TABLES
+
+    readme = (ROOT.parent / "README.md").read_text()
+    for name, render in TABLES.items():
+        m = re.search(rf"<!-- table:{name}[^>]*-->\n(.*?)\n<!-- /table:{name} -->", readme, re.S)
+        assert m, f"README.md has no table:{name} block"
+        assert m.group(1) == render(), f"README.md's {name} table is stale: paste edgeser.layout_docs.{render.__name__}()"
