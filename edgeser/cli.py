@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from edgeser.recipe import RecipeError, load_recipe
+from edgeser.errors import InputError
+from edgeser.recipe import load_recipe
 from edgeser.run_dir import RunDir
 
 # rich_markup_mode=None: click's plain help, which wraps to the terminal and shows flags without `<bool>` types
@@ -46,7 +47,7 @@ def _run(recipe: Path, sets, out: Path | None, no_progress: bool, until: str, re
         _COMMAND.update(argv=[a for a in sys.argv[1:] if a != "--resume"], run_dir=str(run_dir))
         return run_dir, run_pipeline(r, run_dir, console=console, show_progress=not no_progress, until=until,
                                      resume=resume)
-    except RecipeError as e:
+    except InputError as e:
         _bad_input(str(e))
     except KeyboardInterrupt:  # inside the command: click would otherwise turn it into a bare exit
         _interrupted()
@@ -121,7 +122,7 @@ def cv(recipe: Path = RECIPE, set_: Optional[List[str]] = SET,
         _COMMAND.update(argv=[a for a in sys.argv[1:] if a != "--resume"], run_dir=str(run_dir))
         summary = run_cv(r, run_dir, folds=folds, by=by, jobs=jobs, resume=resume, console=console,
                          show_progress=not no_progress)
-    except RecipeError as e:
+    except InputError as e:
         _bad_input(str(e))
     except KeyboardInterrupt:
         _interrupted()
@@ -147,14 +148,14 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def find_run_folder(path: Path) -> Path:
     """A run folder, or the run folder a file or folder inside it belongs to (the nearest parent with both
-    manifest.json and recipe.json). RecipeError (exit 2) when there is none."""
+    manifest.json and recipe.json). InputError (exit 2) when there is none."""
     path = Path(path)
     if not path.exists():
-        raise RecipeError(f"{path}: no such run folder")
+        raise InputError(f"{path}: no such run folder")
     for p in [path if path.is_dir() else path.parent, *path.resolve().parents]:
         if RunDir(p).is_finished():
             return p
-    raise RecipeError(f"{path}: not inside a finished `edgeser compress` run folder (no manifest.json and "
+    raise InputError(f"{path}: not inside a finished `edgeser compress` run folder (no manifest.json and "
                       "recipe.json here or above)")
 
 
@@ -169,7 +170,7 @@ def verify_overrides(sets: list[str]) -> list[str]:
 
     for key, _ in parse_overrides(sets):
         if not key.startswith(VERIFY_SETTABLE):
-            raise RecipeError(f"--set {key}: verify only re-checks gates, so only verify.* fields (and data.root, "
+            raise InputError(f"--set {key}: verify only re-checks gates, so only verify.* fields (and data.root, "
                               "data.allow_outside_root, data.label_map for --data) can be overridden (e.g. --set "
                               "verify.min_agreement=0.99); re-run `edgeser compress` to change the models")
     return sets
@@ -199,7 +200,7 @@ def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `
         if found != run_dir:
             console.print(f"run folder: {escape(str(found))}", highlight=False)
         result = verify_run(found, artifact=artifact, data=data, sets=verify_overrides(set_ or []))
-    except RecipeError as e:
+    except InputError as e:
         _bad_input(str(e))
     clips = result["clips"]
     skipped = sum(clips["skipped"].values())
@@ -304,7 +305,7 @@ def stream(artifact: Path = typer.Argument(..., help="RUN/artifacts/student_int8
                 out.flush()
         for e in streamer.flush():
             out.write(_json.dumps(e) + "\n")
-    except (StreamError, RecipeError) as e:
+    except (StreamError, InputError) as e:
         _bad_input(str(e))
     except KeyboardInterrupt:
         pass
@@ -363,7 +364,7 @@ def data_import(kind: str = typer.Argument(..., metavar="KIND", help="iemocap, r
     try:
         summary = import_corpus(kind.lower(), src, out, four_class=four_class, speaker_pattern=speaker_pattern,
                                 self_ratings=self_ratings)
-    except (RecipeError, OSError) as e:
+    except (InputError, OSError) as e:
         _bad_input(str(e))
     console.print(summary_table(summary))
     console.print(f"wrote {summary['out']}")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeser.data.manifest import Item, read_manifest, speaker_folds, speaker_split
-from edgeser.recipe import Recipe, RecipeError, validate
+from edgeser.errors import InputError
+from edgeser.recipe import Recipe, validate
 
 BY = ("speaker", "session")
 DEFAULT_FOLDS = 5
@@ -61,7 +62,7 @@ def corpus_items(recipe: Recipe) -> tuple[list[Item], list[Item], str]:
     labels = {it.label for it in rows}
     unknown = sorted(set(d.classes or []) - labels)
     if unknown:
-        raise RecipeError(f"data.classes: {unknown} not found in {source}")
+        raise InputError(f"data.classes: {unknown} not found in {source}")
     classes = d.classes or sorted(labels)
     return rows, [it for it in rows if it.label in classes], source
 
@@ -72,13 +73,13 @@ def _natural(s: str):
 
 def plan_folds(recipe: Recipe, folds: int | None, by: str) -> list[Fold]:
     """The folds, each checked as its data stage will split it (speaker_split), before anything runs. A
-    RecipeError names the setting: --folds, --by, or the recipe field."""
+    InputError names the setting: --folds, --by, or the recipe field."""
     if by not in BY:
-        raise RecipeError(f"--by: {by!r} is not one of {', '.join(BY)}")
+        raise InputError(f"--by: {by!r} is not one of {', '.join(BY)}")
     if by == "session" and folds is not None:
-        raise RecipeError("--folds: not with --by session, which makes one fold per manifest session")
+        raise InputError("--folds: not with --by session, which makes one fold per manifest session")
     if folds is not None and folds < 2:
-        raise RecipeError(f"--folds: need at least 2 folds, got {folds}")
+        raise InputError(f"--folds: need at least 2 folds, got {folds}")
     rows, items, source = corpus_items(recipe)
     d = recipe.data
     exists = (lambda it: it.path.is_file()) if d.manifest is not None else (lambda it: True)
@@ -86,10 +87,10 @@ def plan_folds(recipe: Recipe, folds: int | None, by: str) -> list[Fold]:
     if by == "session":
         sessions = sorted({it.session for it in rows if it.session}, key=_natural)
         if not sessions:
-            raise RecipeError(f"--by session: {source} has no sessions (a manifest `session` column with values); "
+            raise InputError(f"--by session: {source} has no sessions (a manifest `session` column with values); "
                               f"use --folds N for speaker folds")
         if len(sessions) < 2:
-            raise RecipeError(f"--by session: {source} has one session ({sessions[0]}); leave-one-session-out "
+            raise InputError(f"--by session: {source} has one session ({sessions[0]}); leave-one-session-out "
                               "needs at least 2")
         for k, s in enumerate(sessions, start=1):
             test = [it for it in items if it.session == s]
@@ -100,7 +101,7 @@ def plan_folds(recipe: Recipe, folds: int | None, by: str) -> list[Fold]:
         n = folds or DEFAULT_FOLDS
         speakers = sorted({it.speaker for it in items})
         if n > len(speakers):
-            raise RecipeError(f"--folds: {n} folds but {source} has only {len(speakers)} speakers (each fold's test "
+            raise InputError(f"--folds: {n} folds but {source} has only {len(speakers)} speakers (each fold's test "
                               "set is at least one speaker)")
         for k, group in enumerate(speaker_folds(items, n, d.seed), start=1):
             test = [it for it in items if it.speaker in set(group)]
@@ -108,14 +109,14 @@ def plan_folds(recipe: Recipe, folds: int | None, by: str) -> list[Fold]:
         setting = f"--folds {n}"
     for f in plan:
         if f.clips == 0:
-            raise RecipeError(f"{setting}: {f.name} ({f.describe()}) has no test clips (after data.classes and "
+            raise InputError(f"{setting}: {f.name} ({f.describe()}) has no test clips (after data.classes and "
                               "data.label_map, with files that exist)")
     for f in plan:
         try:
             speaker_split(items, d.val_speakers, d.test_speakers, d.seed, f.data.get("fold"),
                           tuple(f.data["fold_of"]) if "fold_of" in f.data else None)
-        except RecipeError as e:
-            raise RecipeError(f"{setting}: {f.name}: {e}") from None
+        except InputError as e:
+            raise InputError(f"{setting}: {f.name}: {e}") from None
     return plan
 
 
@@ -150,7 +151,7 @@ def _fold_line(fold: Fold, report: dict, seconds: float, since: str = "in") -> s
 
 def run_cv(recipe: Recipe, run_dir: Path, folds: int | None = None, by: str = "speaker", jobs: int = 1,
            resume: bool = False, console=None, show_progress: bool = True) -> dict:
-    """Plan and check every fold (RecipeError before anything is written), run each as `compress` into
+    """Plan and check every fold (InputError before anything is written), run each as `compress` into
     RUN/fold-K (in `jobs` processes), then write RUN/cv.json, cv.md and cv.html. Returns the cv summary."""
     from rich.console import Console
 
@@ -159,7 +160,7 @@ def run_cv(recipe: Recipe, run_dir: Path, folds: int | None = None, by: str = "s
 
     console = console or Console()
     if jobs < 1:
-        raise RecipeError(f"--jobs: need at least 1, got {jobs}")
+        raise InputError(f"--jobs: need at least 1, got {jobs}")
     preflight(recipe)
     plan = plan_folds(recipe, folds, by)
     recipes = [fold_recipe(recipe, f) for f in plan]
@@ -178,8 +179,8 @@ def run_cv(recipe: Recipe, run_dir: Path, folds: int | None = None, by: str = "s
             t = time.perf_counter()
             try:
                 f.report = compress(r, run_dir / f.name, console=console, show_progress=show_progress, resume=resume)
-            except RecipeError as e:
-                raise RecipeError(f"{run_dir / f.name}: {e}") from None
+            except InputError as e:
+                raise InputError(f"{run_dir / f.name}: {e}") from None
             console.print(_fold_line(f, f.report, time.perf_counter() - t), highlight=False, markup=False)
     else:
         _run_parallel(plan, recipes, run_dir, jobs, resume, console)
@@ -207,9 +208,9 @@ def _run_parallel(plan, recipes, run_dir: Path, jobs: int, resume: bool, console
                 f = futures[fut]
                 try:
                     f.report = fut.result()
-                except RecipeError as e:
+                except InputError as e:
                     for p in pending:
                         p.cancel()
-                    raise RecipeError(f"{run_dir / f.name}: {e}") from None
+                    raise InputError(f"{run_dir / f.name}: {e}") from None
                 line = _fold_line(f, f.report, time.perf_counter() - start, "after")
                 console.print(line, highlight=False, markup=False)

@@ -34,7 +34,7 @@ def key_sections(stage: Stage, recipe_json: dict, target: Target) -> dict:
 def preflight(recipe: Recipe) -> None:
     """Checks that need files but write nothing: a bad manifest (or one whose rows leave the corpus root) and a
     teacher checkpoint that is not a weights-only edgeser model file fail here, before the run folder exists."""
-    from edgeser.recipe import RecipeError
+    from edgeser.errors import InputError
     from edgeser.models.io import read_model_file
 
     if recipe.data.manifest is not None:
@@ -46,7 +46,7 @@ def preflight(recipe: Recipe) -> None:
         except Exception as e:  # UnpicklingError, a corrupt zip, not an edgeser model file
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
             why = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])  # the refused class
-            raise RecipeError(f"teacher.checkpoint: cannot load {recipe.teacher.checkpoint}: "
+            raise InputError(f"teacher.checkpoint: cannot load {recipe.teacher.checkpoint}: "
                               f"{type(e).__name__}: {why}") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeser.errors import InputError, RecipeError  # noqa: F401  (RecipeError: importers catch it from here)
+from edgeser.errors import InputError, RecipeError  # noqa: F401  (RecipeError: the older name, still importable)
 from edgeser.formats import DEFAULTS, GATED_DEFAULT, NAMES
 
 ARTIFACTS = NAMES  # every format the registry knows (edgeser/formats.py)
@@ -411,7 +411,7 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
         if cur.get(k) is None:
             cur[k] = {}
         if not isinstance(cur[k], dict):
-            raise RecipeError(f"--set {dotted}: '{k}' is not a section")
+            raise InputError(f"--set {dotted}: '{k}' is not a section")
         cur = cur[k]
     cur[keys[-1]] = value
 
@@ -420,16 +420,16 @@ def parse_overrides(sets: list[str]) -> list[tuple[str, Any]]:
     out = []
     for s in sets or []:
         if "=" not in s or not s.split("=", 1)[0].strip():
-            raise RecipeError(f"--set {s!r}: expected KEY=VALUE, e.g. distill.epochs=3")
+            raise InputError(f"--set {s!r}: expected KEY=VALUE, e.g. distill.epochs=3")
         k, v = s.split("=", 1)
         if any(not part.strip() for part in k.split(".")):
-            raise RecipeError(f"--set {s!r}: empty part in the key {k.strip()!r}, e.g. distill.epochs=3")
+            raise InputError(f"--set {s!r}: empty part in the key {k.strip()!r}, e.g. distill.epochs=3")
         try:
             out.append((k.strip(), _safe_load(v)))
         except yaml.YAMLError as e:
-            raise RecipeError(f"--set {k}: value is not valid YAML: {e}") from None
+            raise InputError(f"--set {k}: value is not valid YAML: {e}") from None
         except RecursionError:
-            raise RecipeError(f"--set {k}: value is nested too deeply") from None
+            raise InputError(f"--set {k}: value is nested too deeply") from None
     return out
 
 
@@ -476,7 +476,7 @@ DATA_SOURCES = ("data.manifest", "data.synth")
 
 
 def validate(raw: dict, sets: list[str] | None = None) -> Recipe:
-    """Apply `--set KEY=VALUE` overrides to a raw recipe mapping and validate it (RecipeError names the field)."""
+    """Apply `--set KEY=VALUE` overrides to a raw recipe mapping and validate it (InputError names the field)."""
     overrides = parse_overrides(sets or [])
     keys = {k for k, _ in overrides}
     for k, v in overrides:
@@ -488,7 +488,7 @@ def validate(raw: dict, sets: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(_format_error(e)) from None
+        raise InputError(_format_error(e)) from None
 
 
 def _is(path: Path, kind: str) -> bool:
@@ -513,21 +513,21 @@ def load_recipe(path: str | Path, sets: list[str] | None = None, cwd: Path | Non
     recipe's folder; one given with `--set` resolves against the working folder (cwd), as a shell path does."""
     path = Path(path)
     if not _is(path, "file"):
-        raise RecipeError(f"recipe file not found: {path}")
+        raise InputError(f"recipe file not found: {path}")
     try:
         raw = _safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise InputError(f"{path}: not valid YAML: {e}") from None
     except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not a text file") from None
+        raise InputError(f"{path}: not a text file") from None
     except RecursionError:
-        raise RecipeError(f"{path}: not a usable recipe: nested too deeply") from None
+        raise InputError(f"{path}: not a usable recipe: nested too deeply") from None
     except OSError as e:
-        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
+        raise InputError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}")
+        raise InputError(f"{path}: the recipe must be a mapping of sections, got {type(raw).__name__}")
     recipe = validate(raw, sets)
     from_sets = {k for k, _ in parse_overrides(sets or [])}
     for field, section_of, attr, kind in PATH_FIELDS:
@@ -543,8 +543,8 @@ def load_recipe(path: str | Path, sets: list[str] | None = None, cwd: Path | Non
         if not _is(value, kind):
             other = "folder" if kind == "file" else "file"
             found = f"is a {other}, expected a {kind}" if _is(value, other) else f"{kind} not found"
-            raise RecipeError(f"{field}: {found}: {value} (a relative path resolves against {where})")
+            raise InputError(f"{field}: {found}: {value} (a relative path resolves against {where})")
     from edgeser.targets import load_target
 
-    load_target(recipe.target)  # raises RecipeError naming `target`
+    load_target(recipe.target)  # raises InputError naming `target`
     return recipe

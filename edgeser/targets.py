@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeser.errors import RecipeError
+from edgeser.errors import InputError
 from edgeser.formats import NAMES, RUNTIMES
 
 TARGETS_DIR = Path(os.environ.get("EDGESER_TARGETS", Path(__file__).resolve().parent / "profiles"))
@@ -41,10 +41,10 @@ def load_target(name: str) -> Target:
     except (OSError, ValueError):  # a name too long for the file system, a NUL byte
         found = False
     if not found:
-        raise RecipeError(f"target: unknown profile {name!r} (available: {', '.join(available_targets())})")
+        raise InputError(f"target: unknown profile {name!r} (available: {', '.join(available_targets())})")
     try:
         return Target.model_validate(yaml.safe_load(path.read_text()))
     except (ValidationError, yaml.YAMLError) as e:
-        raise RecipeError(f"target profile {path}: {e}") from None
+        raise InputError(f"target profile {path}: {e}") from None
     except (UnicodeDecodeError, RecursionError, OSError) as e:
-        raise RecipeError(f"target profile {path}: not a readable YAML profile ({type(e).__name__})") from None
+        raise InputError(f"target profile {path}: not a readable YAML profile ({type(e).__name__})") from None

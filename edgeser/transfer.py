@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from edgeser.checkpoint import Stochastic
 from edgeser.models.soundnet import SoundNet8
-from edgeser.recipe import RecipeError, Teacher
+from edgeser.errors import InputError
+from edgeser.recipe import Teacher
 
 N_BLOCKS = 7
 
@@ -28,7 +29,7 @@ def build_teacher(cfg: Teacher, n_classes: int, strategy: str) -> tuple[SoundNet
         try:
             info["pretrained"] = apply_soundnet_weights(model, cfg.pretrained) | {"path": str(cfg.pretrained)}
         except WeightsError as e:
-            raise RecipeError(f"teacher.pretrained: {e}") from None
+            raise InputError(f"teacher.pretrained: {e}") from None
     return model, info
 
 
@@ -80,7 +81,6 @@ def load_source_audio(folder, samples: int, limit: int = 512) -> torch.Tensor:
     import numpy as np
 
     from edgeser.data.audio import BadAudio, fix_length, load_audio
-    from edgeser.recipe import RecipeError
 
     clips = []
     for p in sorted(folder.rglob("*.wav"))[:limit]:
@@ -89,5 +89,5 @@ def load_source_audio(folder, samples: int, limit: int = 512) -> torch.Tensor:
         except BadAudio:
             continue
     if not clips:
-        raise RecipeError(f"teacher.source_audio: no usable WAV files in {folder}")
+        raise InputError(f"teacher.source_audio: no usable WAV files in {folder}")
     return torch.from_numpy(np.stack(clips))

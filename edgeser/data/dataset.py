@@ -10,7 +10,8 @@ import torch
 from edgeser.data.audio import BadAudio, fix_length, load_audio
 from edgeser.data.manifest import read_manifest, speaker_split
 from edgeser.data.votes import distribution, relabel
-from edgeser.recipe import Data, RecipeError
+from edgeser.errors import InputError
+from edgeser.recipe import Data
 
 
 @dataclass
@@ -61,13 +62,13 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
     classes = cfg.classes or sorted({it.label for it in items})
     unknown = set(cfg.classes or []) - {it.label for it in items}
     if unknown:
-        raise RecipeError(f"data.classes: {sorted(unknown)} not found in {manifest_path}")
+        raise InputError(f"data.classes: {sorted(unknown)} not found in {manifest_path}")
     items = [it for it in items if it.label in classes]
     if len(classes) < 2:
-        raise RecipeError("data.classes: need at least 2 classes")
+        raise InputError("data.classes: need at least 2 classes")
     soft = cfg.labels == "soft"
     if soft and not any(it.votes for it in items):
-        raise RecipeError(f"data.labels: soft needs annotator votes, and no row of {manifest_path} (in "
+        raise InputError(f"data.labels: soft needs annotator votes, and no row of {manifest_path} (in "
                           f"data.classes) has any (a `votes` column, e.g. from `edgeser data import iemocap`)")
     n = int(cfg.clip_seconds * cfg.sample_rate)
     parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold, cfg.fold_of)
@@ -92,7 +93,7 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
             if on_file:
                 on_file(done, len(items))
         if not xs:
-            raise RecipeError(f"data: the {name} split has no usable audio")
+            raise InputError(f"data: the {name} split has no usable audio")
         # train keeps its utterances only for random crops: when one is longer than a clip
         variable = (any(len(w) > n for w in raw) if name == "train" and cfg.train_crops == "random"
                     else name != "train" and any(len(w) != n for w in raw))
@@ -109,7 +110,7 @@ def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=N
     split, it keeps whole utterances (Split.full) when lengths vary. Returns (split, skipped)."""
     items = read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)
     if not classes:
-        raise RecipeError(f"{manifest_path}: the run records no class names (stages/data/metrics.json 'classes')")
+        raise InputError(f"{manifest_path}: the run records no class names (stages/data/metrics.json 'classes')")
     n = int(cfg.clip_seconds * cfg.sample_rate)
     skipped: Counter = Counter()
     xs, ys, spk, raw = [], [], [], []
@@ -132,7 +133,7 @@ def load_eval_set(manifest_path, cfg: Data, classes: list[str] | None, on_file=N
             on_file(i, len(items))
     if not xs:
         why = ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()))
-        raise RecipeError(f"{manifest_path}: no usable clip among {len(items)} row(s) ({why}; classes: "
+        raise InputError(f"{manifest_path}: no usable clip among {len(items)} row(s) ({why}; classes: "
                           f"{', '.join(classes)})")
     full = raw if any(len(w) != n for w in raw) else None  # whole utterances, as load_corpus keeps for test
     return Split(x=torch.from_numpy(np.stack(xs)), y=torch.tensor(ys), speakers=spk, full=full), skipped

@@ -41,7 +41,7 @@ import soundfile as sf
 
 from edgeser.data.audio import SAMPLE_RATES, _unreadable_reason, _wav_shortfall
 from edgeser.data.votes import format_votes, remap
-from edgeser.recipe import RecipeError
+from edgeser.errors import InputError
 
 LABELS = ("neutral", "calm", "happy", "excited", "sad", "angry", "fear", "disgust", "surprise", "frustrated",
           "boredom", "other")
@@ -299,17 +299,17 @@ READERS = {"iemocap": iemocap_rows, "ravdess": ravdess_rows, "crema-d": crema_d_
 
 
 def speaker_regex(pattern: str | None, kind: str) -> re.Pattern | None:
-    """--speaker-pattern compiled; RecipeError naming the option unless it is a regex with exactly one group."""
+    """--speaker-pattern compiled; InputError naming the option unless it is a regex with exactly one group."""
     if pattern is None:
         return None
     if kind != "folder":
-        raise RecipeError(f"--speaker-pattern: only the folder layout takes it ({kind} names its own speakers)")
+        raise InputError(f"--speaker-pattern: only the folder layout takes it ({kind} names its own speakers)")
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise RecipeError(f"--speaker-pattern {pattern!r}: not a regular expression ({e})") from None
+        raise InputError(f"--speaker-pattern {pattern!r}: not a regular expression ({e})") from None
     if rx.groups != 1:
-        raise RecipeError(f"--speaker-pattern {pattern!r}: needs exactly one (group), the speaker; it has "
+        raise InputError(f"--speaker-pattern {pattern!r}: needs exactly one (group), the speaker; it has "
                           f"{rx.groups}, e.g. '^([^_]+)_' takes alice from alice_001.wav")
     return rx
 
@@ -338,20 +338,20 @@ def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False, spe
                   self_ratings: bool = False) -> dict:
     """Write the manifest `out` (atomically) for the corpus at `src`; return a summary: rows, labels (counts),
     voted (rows with annotator votes), speakers (sorted ids), skipped ({reason: count}), examples ({reason: a
-    few paths relative to SRC}) and warnings. RecipeError when `src` is missing, `speaker_pattern` is bad,
+    few paths relative to SRC}) and warnings. InputError when `src` is missing, `speaker_pattern` is bad,
     `self_ratings` is asked of a corpus other than IEMOCAP, or nothing matched. `four_class` maps excited to
     happy in labels and votes alike, and drops the votes for other classes (a row left with none keeps its
     label and has no votes)."""
     from edgeser.fileio import write_text  # imports torch: only when writing
 
     if kind not in READERS:
-        raise RecipeError(f"unknown corpus {kind!r}: choose one of {', '.join(KINDS)}")
+        raise InputError(f"unknown corpus {kind!r}: choose one of {', '.join(KINDS)}")
     pattern = speaker_regex(speaker_pattern, kind)
     if self_ratings and kind != "iemocap":
-        raise RecipeError(f"--self-ratings: only iemocap has the actors' self-ratings ({kind} has none)")
+        raise InputError(f"--self-ratings: only iemocap has the actors' self-ratings ({kind} has none)")
     src, out = Path(src).absolute(), Path(out).absolute()
     if not src.is_dir():
-        raise RecipeError(f"{src}: no such folder")
+        raise InputError(f"{src}: no such folder")
     skipped = Skipped(src)
     found = (folder_rows(src, skipped, pattern) if kind == "folder"
              else iemocap_rows(src, skipped, self_ratings) if kind == "iemocap" else READERS[kind](src, skipped))
@@ -359,7 +359,7 @@ def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False, spe
     key = (lambda r: str(r.path.with_suffix(""))) if kind == "folder" else (lambda r: r.path.stem)
     rows = _usable(found, src, skipped, key)
     if not rows:
-        raise RecipeError(f"{src}: no audio matches the {kind} layout ({_describe(skipped) or 'no audio files'})")
+        raise InputError(f"{src}: no audio matches the {kind} layout ({_describe(skipped) or 'no audio files'})")
     if four_class:
         rows = [r._replace(label="happy" if r.label == "excited" else r.label,
                            votes=tuple(remap(dict(r.votes), {"excited": "happy"}, FOUR_CLASS).items()))
@@ -369,7 +369,7 @@ def import_corpus(kind: str, src: Path, out: Path, four_class: bool = False, spe
                 skipped.add("not one of the 4 classes", r.path)
         rows = [r for r in rows if r.label in FOUR_CLASS]
         if not rows:
-            raise RecipeError(f"{src}: no {kind} audio is neutral, happy, sad or angry")
+            raise InputError(f"{src}: no {kind} audio is neutral, happy, sad or angry")
     rel = sorted((os.path.relpath(r.path, out.parent).replace(os.sep, "/"), r) for r in rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgeser.data.votes import FORMAT as VOTES_FORMAT
 from edgeser.data.votes import parse_votes
-from edgeser.recipe import RecipeError
+from edgeser.errors import InputError
 
 REQUIRED = ("path", "label", "speaker")
 
@@ -42,27 +42,27 @@ def _resolve(p: Path) -> Path:
 
 def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | None = None) -> list[Item]:
     """Rows as Items; relative paths resolve against the manifest's folder. Unless `allow_outside_root`, a row
-    whose path (after `..` and symlinks) leaves the corpus root (see corpus_roots) is a RecipeError naming the
+    whose path (after `..` and symlinks) leaves the corpus root (see corpus_roots) is a InputError naming the
     manifest, the row's line number and the path: a manifest cannot read /etc/passwd or ../../secrets.wav.
     An optional `votes` column holds each row's annotator votes (edgeser/data/votes.py); a malformed cell is a
-    RecipeError naming the manifest and the row."""
+    InputError naming the manifest and the row."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
-                raise RecipeError(f"{path}: manifest lacks column(s) {', '.join(missing)} (need path,label,speaker)")
+                raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} (need path,label,speaker)")
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise RecipeError(f"{path}: cannot read manifest: {e}") from None
+        raise InputError(f"{path}: cannot read manifest: {e}") from None
     if not rows:
-        raise RecipeError(f"{path}: manifest has no rows")
+        raise InputError(f"{path}: manifest has no rows")
     roots = None if allow_outside_root else corpus_roots(path, root)
     items, outside = [], []
     for i, r in enumerate(rows, start=2):
         if not r["path"] or not r["label"] or not r["speaker"]:
-            raise RecipeError(f"{path}:{i}: empty path, label or speaker")
+            raise InputError(f"{path}:{i}: empty path, label or speaker")
         p = Path(r["path"])
         p = p if p.is_absolute() else path.parent / p
         if roots is not None:
@@ -72,13 +72,13 @@ def read_manifest(path: Path, allow_outside_root: bool = False, root: Path | Non
         try:
             votes = tuple(parse_votes(r.get("votes")).items())
         except ValueError as e:
-            raise RecipeError(f"{path}:{i}: votes {r.get('votes')!r}: {e} (expected {VOTES_FORMAT})") from None
+            raise InputError(f"{path}:{i}: votes {r.get('votes')!r}: {e} (expected {VOTES_FORMAT})") from None
         items.append(Item(p, r["label"].strip(), r["speaker"].strip(), (r.get("session") or "").strip(), votes))
     if outside:
         i, raw, real = outside[0]
         more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
         where = " or ".join(str(r) for r in roots)
-        raise RecipeError(f"{path}:{i}: path {raw!r} resolves to {real}, outside the corpus root {where}{more}; "
+        raise InputError(f"{path}:{i}: path {raw!r} resolves to {real}, outside the corpus root {where}{more}; "
                           "set data.root to the corpus folder, or data.allow_outside_root: true if you trust this "
                           "manifest")
     return items
@@ -90,7 +90,7 @@ def speaker_folds(items: list[Item], n_folds: int, seed: int) -> list[list[str]]
     fewest speakers, then the lowest index), so groups are balanced by clip count. Each group sorted."""
     clips = Counter(it.speaker for it in items)
     if n_folds > len(clips):
-        raise RecipeError(f"data.fold_of: {n_folds} folds but only {len(clips)} speakers (each fold's test set is "
+        raise InputError(f"data.fold_of: {n_folds} folds but only {len(clips)} speakers (each fold's test set is "
                           "at least one speaker)")
     speakers = sorted(clips)
     order = [speakers[i] for i in np.random.default_rng([seed, n_folds]).permutation(len(speakers))]
@@ -114,7 +114,7 @@ def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: in
     """
     speakers = sorted({it.speaker for it in items})
     if len(speakers) < 3:
-        raise RecipeError(f"data: need at least 3 speakers for speaker-independent splits, found {len(speakers)}")
+        raise InputError(f"data: need at least 3 speakers for speaker-independent splits, found {len(speakers)}")
     rng = np.random.default_rng(seed)
     order = [speakers[i] for i in rng.permutation(len(speakers))]
     if fold is not None or fold_of is not None:
@@ -124,14 +124,14 @@ def speaker_split(items: list[Item], val_frac: float, test_frac: float, seed: in
         else:
             sessions = sorted({it.session for it in items if it.session})
             if fold not in sessions:
-                raise RecipeError(f"data.fold: session {fold!r} not in the manifest (sessions: "
+                raise InputError(f"data.fold: session {fold!r} not in the manifest (sessions: "
                                   f"{', '.join(sessions) or 'none'})")
             test = {it.speaker for it in items if it.session == fold}
             field, what = "data.fold", "session"
         rest = [s for s in order if s not in test]
         n_val = max(1, round(val_frac * len(rest)))
         if n_val >= len(rest):
-            raise RecipeError(f"{field}: too few speakers outside the test {what} for validation and training "
+            raise InputError(f"{field}: too few speakers outside the test {what} for validation and training "
                               f"({len(rest)}; need at least 2)")
         val = set(rest[:n_val])
         split = {"train": [], "val": [], "test": []}

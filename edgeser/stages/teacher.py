@@ -6,7 +6,7 @@ from edgeser import distributed as dist
 from edgeser import seeds
 from edgeser.fileio import size_bytes
 from edgeser.models.io import load_teacher, save_model
-from edgeser.recipe import RecipeError
+from edgeser.errors import InputError
 from edgeser.run_dir import METRICS, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import TEACHER, Context, model_stats
@@ -48,9 +48,9 @@ def run(ctx: Context) -> dict:
         try:
             model = load_teacher(cfg.checkpoint)
         except Exception as e:  # a wrong file must name itself, not crash
-            raise RecipeError(f"teacher.checkpoint: cannot load {cfg.checkpoint}: {e}") from None
+            raise InputError(f"teacher.checkpoint: cannot load {cfg.checkpoint}: {e}") from None
         if model.head.fc.out_features != n_classes:
-            raise RecipeError(f"teacher.checkpoint: has {model.head.fc.out_features} classes, data has {n_classes}")
+            raise InputError(f"teacher.checkpoint: has {model.head.fc.out_features} classes, data has {n_classes}")
         info = {"loaded_from": str(cfg.checkpoint)}
     else:
         model, info = train_teacher(ctx)

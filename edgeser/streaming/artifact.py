@@ -134,7 +134,7 @@ class StreamModel:
 
 
 def run_stream_config(artifact: Path, recipe: Path | None):
-    """(stream section, data.clip_seconds) behind a stream: from --recipe if given (validated; RecipeError), else
+    """(stream section, data.clip_seconds) behind a stream: from --recipe if given (validated; InputError), else
     from RUN/recipe.json beside RUN/artifacts/, else (None, None). A saved recipe.json that today's validation
     rejects for an unrelated field (an older run, a gate added since) still gives its stream section and clip
     length: those are all a stream needs, and falling back to defaults would change the window silently."""
