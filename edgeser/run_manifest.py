@@ -79,7 +79,7 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
     row of `data` (a manifest CSV) when given. Raises RecipeError on bad input."""
     from edgeser.data.dataset import load_corpus, load_eval_set
     from edgeser.recipe import RecipeError, validate
-    from edgeser.stages.verify import verify_records
+    from edgeser.verification import verify_records
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
