@@ -1,4 +1,4 @@
-"""What every stage shares: the run context, model builders, and artifact/metrics I/O."""
+"""What every stage shares: the run context, model statistics, and the KD set and loop bound to the recipe."""
 from __future__ import annotations
 
 import json
@@ -27,8 +27,6 @@ class Context:
     console: object = None
     corpus: object = None
     results: dict = field(default_factory=dict)
-    hints: dict = field(default_factory=dict)  # cached teacher features for hint distillation, by block
-    teacher_val_logits: object = None  # the teacher's logits on the validation split (distill/prune select)
     stage: str | None = None  # the stage running now, and its content key (edgeser/resume.py)
     stage_key: str | None = None
 
