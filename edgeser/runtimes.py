@@ -6,7 +6,6 @@ format registry's (edgeser/formats.py load_runner).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """What every stage shares: the run context, model statistics, and the KD set and loop bound to the recipe."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
