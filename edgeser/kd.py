@@ -112,6 +112,22 @@ def teacher_fidelity(teacher_val_logits: torch.Tensor, val: Split):
     return score
 
 
+def _mel(model, x, mel_augment):
+    """The model's log-mel of x (x: PCM, or already a log-mel, e.g. SMOTE rows), with mel_augment applied in
+    training."""
+    mel = model.frontend(x) if x.dim() == 2 else x
+    return mel_augment(mel) if mel_augment is not None and model.training else mel
+
+
+def _logits(model, x, mel_augment):
+    """model(x), with mel_augment on its log-mel in training: through the float student's log-mel input, or
+    the quantised student's classify(). The models themselves hold no augmentation."""
+    if mel_augment is None or not model.training:
+        return model(x)
+    mel = _mel(model, x, mel_augment)
+    return model.classify(mel) if hasattr(model, "classify") else model(mel)
+
+
 def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0,
                  labels=None, mel_augment=None):
     """Logit KD, plus (when `hints` = {block: (teacher features (N, C), regressor)}) feature distillation:
@@ -121,8 +137,8 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
 
     def loss(model, x, y, idx):
         if not hints:
-            return kd_loss(model(x, mel_augment=mel_augment), teacher_logits[idx], y, temperature, alpha, labels, idx)
-        logits, pooled = model.forward_features(x, mel_augment=mel_augment)
+            return kd_loss(_logits(model, x, mel_augment), teacher_logits[idx], y, temperature, alpha, labels, idx)
+        logits, pooled = model.forward_features(x if mel_augment is None else _mel(model, x, mel_augment))
         total = kd_loss(logits, teacher_logits[idx], y, temperature, alpha, labels, idx)
         real = idx < len(next(iter(hints.values()))[0])
         if real.any():
@@ -150,7 +166,7 @@ def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Gener
         xc = x[:, start : start + m]
         with torch.no_grad():
             target = source(xc)
-        return kd_loss(model(xc, mel_augment=mel_augment), target, y, temperature, alpha, labels, idx)
+        return kd_loss(_logits(model, xc, mel_augment), target, y, temperature, alpha, labels, idx)
 
     return Stochastic(loss, [gen, *generators(mel_augment)])
 

@@ -34,18 +34,18 @@ class Student(nn.Module):
         super().__init__()
         self.frontend = LogMel(**(frontend or {}))
         self.body = Body(self.frontend.mel.shape[0], channels, n_classes, kernel_size)
+        self.mel_augment = None  # training only, e.g. frequency masking; not part of the exported graph
 
-    def forward_features(self, x: torch.Tensor, mel_augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, pooled last-block features). x: PCM (B, samples), or a log-mel (B, n_mels, T), e.g. SMOTE.
-        mel_augment: applied to the log-mel in training only (e.g. frequency masking; kd.kd_fit)."""
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled last-block features). x: PCM (B, samples), or a log-mel (B, n_mels, T), e.g. SMOTE."""
         mel = self.frontend(x) if x.dim() == 2 else x
-        if self.training and mel_augment is not None:
-            mel = mel_augment(mel)
+        if self.training and self.mel_augment is not None:
+            mel = self.mel_augment(mel)
         pooled = self.body.blocks(mel).mean(-1)
         return self.body.head(pooled), pooled
 
-    def forward(self, x: torch.Tensor, mel_augment=None) -> torch.Tensor:
-        return self.forward_features(x, mel_augment)[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
 
 
 def student_config(body: Body) -> dict:

@@ -71,12 +71,12 @@ class QuantStudent(nn.Module):
         # a runtime off by one step (HTP's fp16 front-end) broke the other way. The head's INT8 GEMM gives float
         # logits; QNN HTP needs a quantised output and gets a 16-bit one (`onnx_export.htp_head16`).
         self.head = QLinear(student.body.head)
+        self.mel_augment = None  # training only (frequency masking)
 
-    def forward(self, wav, mel_augment=None):
-        """mel_augment: applied to the log-mel in training only (frequency masking; kd.kd_fit)."""
+    def forward(self, wav):
         mel = self.frontend(wav)
-        if self.training and mel_augment is not None:
-            mel = mel_augment(mel)
+        if self.training and self.mel_augment is not None:
+            mel = self.mel_augment(mel)
         return self.classify(mel)
 
     def classify(self, mel):

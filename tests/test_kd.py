@@ -1,0 +1,69 @@
+"""edgeser/kd.py: the log-mel augmentation goes through the KD objective, not through an attribute patched onto
+the model, and gives the same numbers as the model's own training-only hook; the KD set is made once per run."""
+from __future__ import annotations
+
+import torch
+
+from edgeser import kd
+from edgeser.data.augment import freq_mask
+from edgeser.models.student import Student
+from edgeser.quant.calibrate import calibrate
+from edgeser.quant.qstudent import QuantStudent
+
+
+def _mask(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return lambda mel: freq_mask(mel, gen, fraction=0.5)
+
+
+def test_objective_masks_the_log_mel_like_the_model_hook():
+    torch.manual_seed(0)
+    s = Student(4, [8, 8, 8, 8]).train()
+    x = torch.randn(3, 8000) * 0.1
+    ours = kd._logits(s, x, _mask())
+    s.mel_augment = _mask()  # the model's own training-only hook, with the same generator state
+    hook = s(x)
+    s.mel_augment = None
+    assert torch.equal(ours, hook)
+    assert not torch.allclose(ours, s(x))  # the mask changes the outputs: it was applied
+    s.eval()
+    assert torch.equal(kd._logits(s, x, _mask()), s(x))  # never at evaluation
+
+
+def test_objective_masks_the_quantised_students_log_mel():
+    torch.manual_seed(0)
+    q = QuantStudent(Student(4, [8, 8, 8, 8]).eval())
+    calibrate(q, torch.randn(8, 8000) * 0.1, 1, 8)
+    q.train()
+    q.set_observe(False)
+    x = torch.randn(3, 8000) * 0.1
+    ours = kd._logits(q, x, _mask())
+    q.mel_augment = _mask()
+    assert torch.equal(ours, q(x))
+    q.mel_augment = None
+    assert not torch.allclose(ours, q(x))
+
+
+def test_smote_rows_already_log_mel_are_masked_not_re_featurised():
+    torch.manual_seed(0)
+    s = Student(4, [8, 8, 8, 8]).train()
+    mel = s.frontend(torch.randn(2, 8000) * 0.1).detach()
+    s.mel_augment = _mask()
+    hook = s(mel)
+    s.mel_augment = None
+    assert torch.equal(kd._logits(s, mel, _mask()), hook)
+
+
+def test_kd_set_is_made_once_per_corpus(tiny_run, tiny_corpus, tmp_path, monkeypatch):
+    run_dir, _ = tiny_run
+    calls = []
+    real = kd.kd_views
+    monkeypatch.setattr(kd, "kd_views", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = dict(views=1, augment_fn=lambda x: x * 0.5, seed=3, augment_key="k", hint_layers=[])
+    cache = tmp_path / "logits.pt"
+    a = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **args)
+    b = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **args)
+    assert a is b and len(calls) == 1 and cache.is_file()
+    assert len(a.corpus.splits["train"].y) == 2 * len(tiny_corpus.splits["train"].y) == len(a.logits)
+    c = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **(args | {"views": 2}))
+    assert len(calls) == 2 and len(c.logits) == 3 * len(tiny_corpus.splits["train"].y)
