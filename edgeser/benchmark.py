@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -206,15 +205,15 @@ def _plan_stream(path: Path, row: dict, samples: int | None) -> dict:
                     + (f"; {row['batch']} streams per call" if row["batch"] > 1 else "")}
 
 
-def runtime_missing(fmt: str) -> str | None:
-    """Why this machine cannot run the format at all, or None."""
-    if fmt == "coreml" and sys.platform != "darwin":
-        return f"CoreML prediction runs only on macOS (this machine runs {platform.system()})"
-    if fmt == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except Exception as e:  # noqa: BLE001  (ImportError, or a broken CUDA install)
-            return f"TensorRT is not available here (import tensorrt: {type(e).__name__}: {e})"
+def runtime_missing(kind: str) -> str | None:
+    """Why this machine cannot run artifacts of this kind at all, or None: the availability check of the
+    registry's formats measured as `kind` (edgeser/formats.py)."""
+    from edgeser.formats import REGISTRY, resolve
+
+    for f in REGISTRY.values():
+        if f.bench == kind and f.available is not None:
+            ok, why = resolve(f.available)()
+            return None if ok else why
     return None
 
 
