@@ -96,13 +96,12 @@ def test_fit_trains_on_random_crops_of_the_utterances():
 
 
 def test_kd_views_grow_for_small_corpora():
-    from edgeser.recipe import Distill
-    from edgeser.stages.distill import view_count
+    from edgeser.kd import view_count
 
-    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 126) == 15  # 126 x 16 = 2016 rows
-    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 754) == 2  # 754 x 3 = 2262: as given
-    assert view_count(Distill(aug_views=2, min_kd_rows=2000), 10) == 32  # at most 32
-    assert view_count(Distill(aug_views=4, min_kd_rows=0), 10) == 4  # 0 = aug_views as given
+    assert view_count(2, 2000, 126) == 15  # 126 x 16 = 2016 rows
+    assert view_count(2, 2000, 754) == 2  # 754 x 3 = 2262: as given
+    assert view_count(2, 2000, 10) == 32  # at most 32
+    assert view_count(4, 0, 10) == 4  # 0 = aug_views as given
 
 
 def test_plateau_patience_is_counted_in_steps():
@@ -128,7 +127,7 @@ def test_students_keep_the_epoch_closest_to_the_teacher(tiny_run):
     import json
 
     from edgeser.recipe import Distill, Prune
-    from edgeser.stages.distill import teacher_fidelity
+    from edgeser.kd import teacher_fidelity
 
     assert Distill().select == "teacher_kl" and Prune().select == "teacher_kl"
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeser.runtimes import load_runner
+from edgeser.formats import load_runner
 
 
 def _classes(run_dir) -> list[str]:
@@ -69,8 +69,8 @@ def test_class_names_read_back_with_each_runtime_alone(tiny_run):
 def test_any_length_from_one_frame(tiny_run, name):
     """One analysis frame (801 samples), the training length, 6 s and 30 s all run, and give the same logits as
     the PyTorch model on that length."""
-    from edgeser.stages.common import load_student
-    from edgeser.stages.qat import load_qat
+    from edgeser.models.io import load_student
+    from edgeser.quant.calibrate import load_qat
 
     run_dir, _ = tiny_run
     rec, path = _path(run_dir, name)

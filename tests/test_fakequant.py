@@ -13,7 +13,7 @@ from edgeser.export.onnx_export import export_onnx
 from edgeser.models.student import Student
 from edgeser.quant.fakequant import fold_bn
 from edgeser.quant.qstudent import QuantStudent
-from edgeser.stages.qat import calibrate
+from edgeser.quant.calibrate import calibrate
 
 
 def test_fold_bn_exact():

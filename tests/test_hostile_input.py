@@ -26,7 +26,7 @@ from edgeser.data.importers import import_corpus
 from edgeser.data.manifest import read_manifest
 from edgeser.pipeline import preflight
 from edgeser.recipe import Data, RecipeError, load_recipe
-from edgeser.stages.common import read_model_file
+from edgeser.models.io import read_model_file
 from tests.conftest import DEL, TINY, recipe_with
 
 runner = CliRunner()

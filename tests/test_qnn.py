@@ -10,7 +10,7 @@ from edgeser.export.onnx_export import export_onnx
 from edgeser.models.student import Student
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.runtimes import qnn_available, qnn_runner
-from edgeser.stages.qat import calibrate
+from edgeser.quant.calibrate import calibrate
 
 
 def test_qnn_htp_runs_whole_graph_and_agrees(tmp_path):

@@ -205,7 +205,9 @@ def test_ctrl_c_names_the_stage_and_the_resume_command(tmp_path, monkeypatch, ca
     def interrupted(ctx):
         raise KeyboardInterrupt
 
-    stages = [(n, interrupted if n == "teacher" else fn) for n, fn in pipeline.STAGES]
+    import dataclasses
+
+    stages = [dataclasses.replace(s, run=interrupted) if s.name == "teacher" else s for s in pipeline.STAGES]
     monkeypatch.setattr(pipeline, "STAGES", stages)
     argv = ["compress", "--recipe", str(tiny_recipe_path), "--out", str(tmp_path / "run"), "--no-progress"]
     monkeypatch.setattr(sys, "argv", ["edgeser", *argv])

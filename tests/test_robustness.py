@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edgeser.robustness import GAINS_DB, Suite, cases, robust_gate, with_length
-from edgeser.runtimes import load_runner, onnx_runner, torch_runner
+from edgeser.formats import load_runner
+from edgeser.runtimes import onnx_runner, torch_runner
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_with_length_tiles_and_crops():
 
 
 def test_level_invariant_int8_passes_the_gate(tiny_run, held_out):
-    from edgeser.stages.common import load_student
+    from edgeser.models.io import load_student
 
     run_dir, _ = tiny_run
     x, y, classes = held_out
@@ -61,8 +62,8 @@ def test_level_dependent_int8_fails_the_gate(tiny_run, held_out, tmp_path, monke
     before issue 11). Quiet input then reaches the DFT through a few int8 steps, and the gate must catch it."""
     from edgeser.export.onnx_export import export_onnx
     from edgeser.models import frontend
-    from edgeser.stages.common import load_student
-    from edgeser.stages.qat import load_qat
+    from edgeser.models.io import load_student
+    from edgeser.quant.calibrate import load_qat
 
     run_dir, _ = tiny_run
     x, y, classes = held_out

@@ -151,7 +151,7 @@ def test_teacher_and_student_objectives_train_on_vote_targets():
     (the augmented views repeat the targets)."""
     from edgeser.models.soundnet import SoundNet8
     from edgeser.recipe import Teacher
-    from edgeser.stages.distill import kd_objective, kd_views
+    from edgeser.kd import kd_objective, kd_views
     from edgeser.transfer import teacher_loss
 
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import torch
 
-from edgeser.stages.common import load_student, load_teacher
-from edgeser.stages.qat import load_qat
+from edgeser.models.io import load_student, load_teacher
+from edgeser.quant.calibrate import load_qat
 
 
 def _metrics(run_dir, stage):

@@ -122,7 +122,7 @@ def test_plain_onnx_streams_uncached_only(arts, signal, tmp_path):
     assert np.abs(np.stack(s2.logits) - want).max() < 1e-5
     # a static-length graph (QNN HTP's layout) takes windows of its own length only
     from edgeser.export.onnx_export import export_onnx
-    from edgeser.stages.qat import load_qat
+    from edgeser.quant.calibrate import load_qat
 
     export_onnx(load_qat(arts.parent / "stages/qat/model.pt")[0].to_export(), 16000, tmp_path / "static.onnx",
                 static_batch=1)

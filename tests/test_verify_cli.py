@@ -163,7 +163,7 @@ def test_min_ua_gate_uses_the_interval():
     """The issue's case: 48.8 % UA on 17 clips of 4 classes has an interval reaching down to chance, and fails
     the default; the same UA measured tightly passes; an explicit min_ua is used as given."""
     from edgeser.recipe import Verify
-    from edgeser.stages.verify import evaluate_gates
+    from edgeser.verification import evaluate_gates
 
     def art(ua, ci):
         return {"name": "onnx-int8", "status": "verified", "role": "deploy", "agreement": 1.0, "ua": ua,
