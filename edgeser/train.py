@@ -170,8 +170,9 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
-    not augmented. `checkpoint` (resume.EpochCheckpoint): saved after every epoch with the optimiser,
-    scheduler and every random generator; a valid one is continued from, with identical results.
+    not augmented. `checkpoint` (checkpoint.EpochCheckpoint): saved after every epoch with the optimiser,
+    scheduler, the global generators and those augment_fn and loss_fn declare (checkpoint.Stochastic); a valid
+    one is continued from, with identical results. A generator they use without declaring it is not restored.
     `select(model) -> float`: what the kept weights maximise instead of val UA, the untrained model (epoch 0)
     included; QAT keeps the epoch whose outputs are closest to its FP32 student's (stages.qat.fidelity).
     `keep_initial=False`: the model as it came in is no candidate (a freshly initialised student: its

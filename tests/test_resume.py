@@ -104,8 +104,10 @@ def _tiny_fit(checkpoint, stop_after=None, seed=0):
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(32, 3))
     aug_gen = torch.Generator().manual_seed(7)
 
-    def augment(x):
-        return x + 0.1 * torch.randn(x.shape, generator=aug_gen)
+    from edgeser.checkpoint import Stochastic
+
+    # an augmentation names its generator (checkpoint.Stochastic), so the epoch checkpoint restores it
+    augment = Stochastic(lambda x: x + 0.1 * torch.randn(x.shape, generator=aug_gen), [aug_gen])
 
     def on_epoch(epoch):
         if stop_after is not None and epoch > stop_after:
@@ -132,7 +134,7 @@ def test_fit_resumes_from_epoch_checkpoint(tmp_path):
 
 
 def test_full_disk_mid_write_leaves_nothing_done(tiny_run, tiny_recipe_path, tmp_path, monkeypatch):
-    import edgeser.stages.common as common
+    import edgeser.models.io as common
 
     real_save_state = common.save_state
 
