@@ -19,10 +19,14 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def recipe_sha256(recipe_json: dict) -> str:
+    """sha256 of the recipe's canonical JSON (sorted keys): indentation and key order do not change it."""
+    return hashlib.sha256(json.dumps(recipe_json, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(run_dir: Path, recipe_json: dict, artifacts: list[dict]) -> dict:
-    canon = json.dumps(recipe_json, sort_keys=True).encode()
     manifest = {
-        "recipe_sha256": hashlib.sha256(canon).hexdigest(),
+        "recipe_sha256": recipe_sha256(recipe_json),
         "seed": recipe_json.get("seed"),
         "packages": {p: _version(p) for p in PACKAGES},
         "artifacts": {a["name"]: {"path": a["path"], "sha256": a.get("sha256"), "status": a["status"]}
@@ -46,6 +50,33 @@ def check_hashes(run_dir: Path, manifest: dict, only: str | None = None) -> list
         ok = got == a["sha256"]
         out.append({"name": f"sha256 [{name}]", "passed": ok,
                     "value": a["path"] if ok else f"{a['path']}: sha256 {got[:12]}… != recorded {a['sha256'][:12]}…"})
+    return out
+
+
+def check_recipe(manifest: dict, recipe_json: dict) -> dict:
+    """recipe.json is the recipe compress ran: its hash against manifest.json's recipe_sha256. An edited
+    recipe.json (gates removed or loosened) would otherwise re-check the artifacts against gates the run never
+    had; use --set to try other gates on a run."""
+    recorded, got = manifest.get("recipe_sha256"), recipe_sha256(recipe_json)
+    if recorded == got:
+        value = "recipe.json"
+    elif not recorded:
+        value = "recipe.json: manifest.json records no recipe_sha256 to check it against"
+    else:
+        value = (f"recipe.json: sha256 {got[:12]}… != recorded {recorded[:12]}… (changed after compress; "
+                 "override gates with --set instead)")
+    return {"name": "recipe sha256 [recipe.json]", "passed": recorded == got, "value": value}
+
+
+def package_warnings(manifest: dict) -> list[str]:
+    """The packages manifest.json recorded whose version here differs (a warning, not a failure: the
+    artifacts' hashes and gates are what verify checks, but a changed runtime can explain a changed result)."""
+    out = []
+    for pkg, then in sorted((manifest.get("packages") or {}).items()):
+        now = _version(pkg)
+        if now != then:
+            out.append(f"package {pkg}: the run recorded {then or 'not installed'}, this machine has "
+                       f"{now or 'not installed'}")
     return out
 
 
@@ -87,7 +118,9 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
     manifest = _read_json(run_dir / "manifest.json", "artifact manifest")
     if artifact is not None and artifact not in manifest["artifacts"]:
         raise RecipeError(f"--artifact {artifact}: not in this run ({', '.join(manifest['artifacts'])})")
-    recipe = validate(_read_json(run_dir / "recipe.json", "recipe"), sets)
+    recipe_json = _read_json(run_dir / "recipe.json", "recipe")
+    recipe_check = check_recipe(manifest, recipe_json)
+    recipe = validate(recipe_json, sets)
     hashes = check_hashes(run_dir, manifest, artifact)
     tampered = {h["name"][len("sha256 ["):-1] for h in hashes if not h["passed"]}
     stage = {s: _read_json(run_dir / "stages" / s / "metrics.json", f"{s} metrics")
@@ -115,9 +148,10 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
     records = [r for r in stage["export"]["artifacts"]
                if (artifact is None or r["name"] == artifact) and r["name"] not in tampered]
     out = verify_records(run_dir, recipe, test, classes, records, stage, progress)
-    checks = hashes + out["gates"]
+    checks = [recipe_check] + hashes + out["gates"]
     return {"checks": checks, "artifacts": out["artifacts"], "passed": all(c["passed"] for c in checks),
-            "tampered": sorted(tampered), "teacher": out["teacher"], "warnings": out["warnings"], "clips": clips}
+            "tampered": sorted(tampered), "teacher": out["teacher"],
+            "warnings": package_warnings(manifest) + out["warnings"], "clips": clips}
 
 
 def write_junit(path: Path, result: dict) -> None:
