@@ -193,7 +193,7 @@ def verify(run_dir: Path = typer.Argument(..., metavar="RUN", help="a finished `
     size gates on the held-out split. Exit 0 all pass, 1 a gate failed or a file changed, 2 bad input."""
     from rich.markup import escape
 
-    from edgeser.run_manifest import verify_run, write_junit
+    from edgeser.reverify import verify_run, write_junit
 
     try:
         found = find_run_folder(run_dir)

@@ -103,10 +103,108 @@ def test_coreml_predict_matches_torch(int8_pkg):
         pytest.skip(reason)
     import coremltools as ct
     x = torch.randn(SHAPE) * 0.1
-    ref = TinySER()(x).detach().numpy()
+    model = TinySER()
+    ref = model(x).detach().numpy()
     out = ct.models.MLModel(str(int8_pkg[0])).predict({"audio": x.numpy()})["logits"]
-    # one int8 step of the logits' scale (0.05) covers fp16 rounding
-    assert np.abs(out - ref).max() <= 0.051
+    # both sides put the logits on their quantiser's grid (its scale: the torch graph's last dequantize), so one
+    # flipped rounding is one step; Core ML's grid is the fp16-rounded scale and its output fp16, each off by at
+    # most 2^-11 of the logit
+    step = _torch_body(model)[0][-1][1][1]
+    assert np.abs(out - ref).max() <= step + 2 * FP16_REL * np.abs(ref).max()
+
+
+# torch.export op -> the MIL op coremltools 9 lowers it to, in the quantised body (from the first quantize on)
+TORCH_TO_MIL = {"quantize_per_tensor": "quantize", "dequantize_per_tensor": "dequantize",
+                "dequantize_per_channel": "constexpr_affine_dequantize", "conv1d": "conv", "relu": "relu",
+                "mean": "reduce_mean", "linear": "linear"}
+FP16_REL = 2.0 ** -11  # fp16 rounding: at most half an ulp, 2^-11 of the value
+
+
+def _mil_program(path):
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+    m = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = m.get_spec()
+    return load(spec, spec.specificationVersion, m.weights_dir).functions["main"]
+
+
+def _torch_body(model):
+    """(op, args, kwargs) of the exported torch graph from its first quantize_per_tensor on; buffer arguments
+    replaced by their values."""
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (torch.randn(SHAPE),)).run_decompositions({})
+    buffers = {k: getattr(model, v) for k, v in ep.graph_signature.inputs_to_buffers.items()}
+    val = lambda a: buffers.get(a.name, a) if isinstance(a, torch.fx.Node) else a  # noqa: E731
+    ops = [(n.target._opname, [val(a) for a in n.args], n.kwargs) for n in ep.graph.nodes if n.op == "call_function"]
+    return ops[next(i for i, o in enumerate(ops) if o[0] == "quantize_per_tensor"):], buffers
+
+
+def _fp16(x):
+    return np.asarray(x, np.float32).astype(np.float16)
+
+
+def test_mil_program_holds_the_torch_models_numbers(int8_pkg):
+    """Core ML's runtime exists only on macOS: on Linux nothing executes the package (MLModel.predict raises;
+    coremltools has no MIL interpreter, only per-op constant folding, and `conv` has none), so CoreML logits are
+    never compared here. What can be compared is every number the program carries against the torch model it came
+    from: op for op through the quantised body, the activation scales, the int8 weights bit for bit with their
+    per-channel scales, axis and zero points (decompressed by coremltools' own constexpr op), biases, conv
+    geometry, pooling axes and the front-end's fp32 DFT and mel weights. Scales and biases are fp16 in the body
+    (it runs in fp16), so each is the torch value rounded once to fp16, exactly."""
+    model = TinySER()
+    fn = _mil_program(int8_pkg[0])
+    mil = [op for op in fn.operations if op.op_type not in ("const", "cast")]
+    first_q = next(i for i, op in enumerate(mil) if op.op_type == "quantize")
+    body, front = mil[first_q:], mil[:first_q]
+    ref, buffers = _torch_body(model)
+    assert [op.op_type for op in body] == [TORCH_TO_MIL[t] for t, _, _ in ref]
+    (inp,), (out,) = list(fn.inputs.values()), fn.outputs
+    assert (inp.name, tuple(inp.shape), out.name, tuple(out.shape)) == ("audio", SHAPE, "logits", (1, 4))
+    assert out.op is body[-1]  # the logits are the last dequantize's output: nothing after the body
+    weight_of = {}  # constexpr op -> the torch int8 buffer it holds
+    for op, (t, args, kwargs) in zip(body, ref):
+        if t in ("quantize_per_tensor", "dequantize_per_tensor"):
+            x, scale, zp, qmin, qmax, dtype = args
+            assert op.scale.val.dtype == np.float16 and op.scale.val == _fp16(scale), op.name
+            assert (op.zero_point is None and zp == 0) or op.zero_point.val == zp, op.name
+            if t == "quantize_per_tensor":
+                assert (dtype, qmin, qmax) == (torch.int8, -128, 127) and op.output_dtype.val == "int8", op.name
+            else:
+                assert op.input.op.op_type == "quantize" and op.input.op.scale.val == op.scale.val, op.name
+        elif t == "dequantize_per_channel":
+            q, s, zp, axis, _, _, dtype = args
+            assert op.quantized_data.val.dtype == np.int8 and np.array_equal(op.quantized_data.val, q.numpy())
+            assert np.array_equal(op.scale.val, _fp16(s)) and np.array_equal(op.zero_point.val, zp.numpy())
+            assert op.axis.val == axis == 0, op.name
+            ref_w = torch.ops.quantized_decomposed.dequantize_per_channel(q, s, zp, axis, -127, 127, dtype).numpy()
+            got = op.materialized_val_inference().astype(np.float64)  # coremltools decompresses the blob
+            # two fp16 roundings (the scale, then q * scale), each <= 2^-11 of the channel's largest weight
+            bound = 2 * FP16_REL * np.abs(ref_w).reshape(len(ref_w), -1).max(1)
+            assert (np.abs(got - ref_w).reshape(len(ref_w), -1).max(1) <= bound * 1.0001).all(), op.name
+            weight_of[op] = next(k for k, v in buffers.items() if v is q)
+        elif t in ("conv1d", "linear"):
+            x, w, b = args[:3]
+            assert op.x.op.op_type == "dequantize", op.name  # int8 activations in
+            assert op.weight.op in weight_of, op.name  # an int8 constexpr weight (which one: below)
+            assert np.array_equal(op.bias.val, _fp16(b)), op.name
+            if t == "conv1d":
+                stride, padding = (args[3:4] or [[1]])[0], (args[4:5] or [[0]])[0]
+                assert list(op.strides.val) == list(stride) and op.pad_type.val == "custom"
+                assert list(op.pad.val) == [p for p in padding for _ in (0, 1)], op.name
+                assert list(op.dilations.val) == [1] and op.groups.val == 1, op.name
+        elif t == "mean":
+            x, dims = args[:2]
+            keep = args[2] if len(args) > 2 else False
+            assert list(op.axes.val) == list(dims) and bool(op.keep_dims.val) == keep, op.name
+    # each weight layer reads its own torch layer's int8 weights, in torch's order
+    layers = [op for op in body if op.op_type in ("conv", "linear")]
+    assert [weight_of[op.weight.op] for op in layers] == ["b_c1_q", "b_c2_q", "b_fc_q"]
+    # the fp32 front-end keeps the torch float weights as they are
+    dft = next(op for op in front if op.op_type == "conv")
+    assert dft.weight.val.dtype == np.float32 and np.array_equal(dft.weight.val, model.dft.numpy())
+    assert list(dft.strides.val) == [160] and dft.pad_type.val == "valid"
+    mel = next(op for op in front if op.op_type in ("linear", "matmul") and op.inputs.get("weight") is not None)
+    assert mel.weight.val.dtype == np.float32 and np.array_equal(mel.weight.val, model.mel.numpy().T)
 
 
 def test_classifier_labels_are_in_the_package(tmp_path):

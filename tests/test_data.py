@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from edgeser.data.audio import BadAudio, load_audio
+from edgeser.data.audio import BadAudio, fix_length, load_audio
 from edgeser.data.dataset import load_corpus
 from edgeser.data.manifest import read_manifest, speaker_split
 from edgeser.recipe import Data, RecipeError
@@ -115,3 +115,54 @@ def test_leave_one_session_out_and_label_map(tmp_path):
     assert c.classes == ["neutral", "happy", "sad", "angry"] and len(c.splits["test"].y) == 8
     with pytest.raises(RecipeError, match="data.fold"):
         load_corpus(tmp_path / "m.csv", cfg.model_copy(update={"fold": "9"}))
+
+
+@pytest.mark.parametrize("via", ["manifest-folder", "data.root"])
+def test_sibling_folder_sharing_the_root_name_is_outside(tmp_path, via):
+    """corpus2/ beside corpus/ is outside corpus/, though its path starts with corpus's: the check compares path
+    components, not strings."""
+    corpus, sibling = tmp_path / "corpus", tmp_path / "corpus2"
+    (corpus / "sub").mkdir(parents=True)
+    sibling.mkdir()
+    sf.write(corpus / "sub/in.wav", _tone(), 16000)
+    sf.write(sibling / "x.wav", _tone(), 16000)
+    if via == "manifest-folder":  # the manifest's own folder is the root
+        m, root, inside, escape = corpus / "m.csv", None, "sub/in.wav", "../corpus2/x.wav"
+    else:  # the manifest lives elsewhere and names data.root
+        (tmp_path / "lists").mkdir()
+        m, root, inside, escape = tmp_path / "lists/m.csv", corpus, str(corpus / "sub/in.wav"), str(sibling / "x.wav")
+    assert str(sibling / "x.wav").startswith(str(corpus))  # the trap: a string prefix says "inside"
+    m.write_text(f"path,label,speaker\n{inside},a,s1\n")
+    assert [it.label for it in read_manifest(m, root=root)] == ["a"]  # inside the root: accepted
+    m.write_text(f"path,label,speaker\n{inside},a,s1\n{escape},b,s2\n")
+    with pytest.raises(RecipeError, match=r"m\.csv:3: .*corpus2.*outside the corpus root"):
+        read_manifest(m, root=root)
+    assert len(read_manifest(m, allow_outside_root=True, root=root)) == 2  # allowed explicitly
+
+
+@pytest.mark.parametrize("length, n, start", [
+    (10, 10, 0),  # equal: unchanged
+    (12, 10, 1),  # longer by an even amount: centre crop, (12 - 10) // 2 = 1 dropped each side
+    (13, 10, 1),  # longer by an odd amount: the extra sample is dropped at the end
+    (11, 4, 3),  # odd length, even target
+    (10, 3, 3),  # even length, odd target: (10 - 3) // 2 = 3
+    (2, 1, 0),  # longer by one: the crop keeps the first sample
+])
+def test_fix_length_centre_crops(length, n, start):
+    x = np.arange(1, length + 1, dtype=np.float32)
+    y = fix_length(x, n)
+    assert len(y) == n and y.dtype == np.float32
+    np.testing.assert_array_equal(y, x[start : start + n])
+    # the rule itself: as many samples dropped before as after, one more after when the excess is odd
+    before, after = int(y[0]) - 1, length - int(y[-1])
+    assert before == (length - n) // 2 and after - before in (0, 1)
+
+
+@pytest.mark.parametrize("length, n", [(0, 5), (1, 5), (7, 10), (4, 9), (9, 10)])
+def test_fix_length_zero_pads_at_the_end(length, n):
+    """Shorter clips (odd and even lengths and targets): the samples first, unchanged, then zeros."""
+    x = np.arange(1, length + 1, dtype=np.float64)  # float64 in: the padded clip is float32 like every other
+    y = fix_length(x, n)
+    assert len(y) == n and y.dtype == np.float32
+    np.testing.assert_array_equal(y[:length], x.astype(np.float32))
+    np.testing.assert_array_equal(y[length:], np.zeros(n - length, np.float32))

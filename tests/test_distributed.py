@@ -1,7 +1,8 @@
 """Distributed data-parallel training (edgeser/distributed.py): 2 gloo ranks on loopback.
 
 - fit() under DDP, 2 ranks x batch 8, against one process with batch 16 on the same data and seed: the same
-  global batches, so the same weights up to float rounding;
+  global batches, so the same weights up to float rounding; each rank's own random stream (rank_seed) inside
+  the loss; the collectives (sum, mean, rank 0's parameters and buffers broadcast) and the rank gating;
 - `torchrun --nproc_per_node=2` through the CLI on the tiny recipe: rank 0 alone writes (rank 1 runs with an
   audit hook that fails on any write under the run folder), the run is complete and verifies.
 """
@@ -71,8 +72,10 @@ def _fit(batch_size: int):
     from edgeser.train import fit
 
     corpus, extra, model, reg = _problem()
+    draws = []
 
     def loss_fn(m, x, y, idx):  # calls more than forward(), and trains a parameter outside the model
+        draws.append(float(torch.rand(())))  # what dropout would draw: recorded, kept out of the loss
         h = m.features(x)
         return F.cross_entropy(m.fc(h), y) + 0.01 * reg(h).pow(2).mean()
 
@@ -90,7 +93,7 @@ def _fit(batch_size: int):
     cfg = Train(epochs=4, lr=1e-2, batch_size=batch_size, weight_decay=1e-2)
     info = fit(model, corpus, cfg, loss_fn, seed=3, params=list(model.parameters()) + list(reg.parameters()),
                on_epoch=watch, extra=extra)
-    return {"info": info, "state": model.state_dict(), "reg": reg.state_dict(), "conv0": conv0, **seen}
+    return {"info": info, "state": model.state_dict(), "reg": reg.state_dict(), "conv0": conv0, "draws": draws, **seen}
 
 
 def _fit_worker(rank: int, port: int, out: str) -> None:
@@ -99,6 +102,16 @@ def _fit_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     assert dist.init() and dist.world_size() == 2 and dist.rank() == rank
     result = _fit(batch_size=8)
+    bn = torch.nn.BatchNorm1d(3)  # rank 0's parameters AND buffers (BatchNorm statistics, quantiser scales)
+    with torch.no_grad():
+        bn.weight.fill_(rank + 1)
+        bn.running_mean.fill_(rank + 1)
+    dist.sync_module(bn)
+    result["collectives"] = {"rank_seed": dist.rank_seed(3), "sum": dist.all_reduce_sum(float(rank + 1)),
+                             "mean": dist.all_reduce_mean(float(rank + 1)), "on_main": dist.on_main(dist.rank),
+                             "is_main": dist.is_main(), "bn_weight": bn.weight.tolist(),
+                             "bn_mean": bn.running_mean.tolist(), "skip_export": dist.skip_stage(True),
+                             "skip_qat": dist.skip_stage(False)}
     dist.barrier()
     torch.save(result, Path(out) / f"rank{rank}.pt")  # the test's own output, not a run folder
 
@@ -154,6 +167,21 @@ def test_ddp_fit_matches_one_process_with_the_global_batch(tmp_path):
     # the conv, frozen in epoch 1, did not move in it (grad None: AdamW skipped it, no weight decay either)
     assert torch.equal(r0["conv_after_frozen_epoch"], r0["conv0"])
     assert not torch.equal(r0["state"]["conv.weight"], r0["conv0"])
+    # each rank draws the loss's randomness (dropout, augmentation) from its own seed: the seed itself on rank 0,
+    # seed + 7919 on rank 1 (distributed.rank_seed); equal streams would apply the same noise to every shard
+    steps = len(r0["draws"])
+    assert steps == 4 * (4 + 2) and len(r1["draws"]) == steps  # 4 epochs x (63 rows / 16 + 17 extra / 16)
+    for r, res in ((0, r0), (1, r1)):
+        g = torch.Generator().manual_seed(3 + dist.RANK_SEED_STRIDE * r)
+        assert res["draws"] == [float(torch.rand((), generator=g)) for _ in range(steps)], r
+    assert r0["draws"] != r1["draws"]
+    # the collectives and the rank gating the stages rely on
+    c0, c1 = r0["collectives"], r1["collectives"]
+    assert (c0["rank_seed"], c1["rank_seed"]) == (3, 3 + dist.RANK_SEED_STRIDE)
+    assert c0["sum"] == c1["sum"] == 3.0 and c0["mean"] == c1["mean"] == 1.5 and c0["on_main"] == c1["on_main"] == 0
+    assert (c0["is_main"], c1["is_main"]) == (True, False)
+    assert (c0["skip_export"], c1["skip_export"], c0["skip_qat"], c1["skip_qat"]) == (False, True, False, False)
+    assert c1["bn_weight"] == c0["bn_weight"] == [1.0] * 3 and c1["bn_mean"] == c0["bn_mean"] == [1.0] * 3
 
 
 # --- torchrun end to end --------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The log-mel front-end inside the graph matches a plain numpy log-mel, in PyTorch and in ONNX."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -53,3 +55,50 @@ def test_frontend_same_in_exported_graph(tmp_path):
     x = (torch.randn(3, 16000, generator=torch.Generator().manual_seed(1)) * 0.1).numpy()
     out = ort.InferenceSession(str(tmp_path / "fe.onnx")).run(None, {"audio": x})[0]
     assert np.abs(out - fe(torch.from_numpy(x)).numpy()).max() < 1e-4
+
+
+def _clips_at_different_levels() -> torch.Tensor:
+    """A loud tone, quiet noise and a very quiet chirp: after peak levelling their log-mel peaks still differ
+    (a tone puts its power in one band, noise spreads it), so one shared normaliser would shift some of them."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(16000) / 16000
+    tone = 0.8 * torch.sin(2 * math.pi * 440 * t)
+    noise = 0.002 * torch.randn(16000, generator=g)
+    chirp = 1e-3 * torch.sin(2 * math.pi * (100 + 1500 * t) * t) + 1e-4 * torch.randn(16000, generator=g)
+    return torch.stack([tone, noise, chirp])
+
+
+def test_frontend_normalises_each_clip_on_its_own():
+    """Per clip, not per batch: every clip of a mixed batch gets exactly its single-clip log-mel."""
+    fe = LogMel().eval()
+    x = _clips_at_different_levels()
+    peaks = fe.frames(x, restore=False).amax(dim=(1, 2))
+    assert float(peaks.max() - peaks.min()) > 1.0  # the clips really differ (else any normaliser passes)
+    batch = fe(x)
+    for i in range(len(x)):
+        alone = fe(x[i : i + 1])[0]
+        assert torch.allclose(batch[i], alone, atol=1e-5), f"clip {i} depends on the other clips of its batch"
+        assert abs(float(batch[i].max()) - 1.0) < 1e-6  # each clip's own peak maps to +1
+        assert float(batch[i].min()) >= -1 - 1e-6
+    # and the clips are not made alike: a shared offset would move them together
+    assert not torch.allclose(batch[0], batch[1], atol=1e-2)
+
+
+def test_quantised_frontend_levels_each_clip_on_its_own():
+    """The INT8 front-end's DFT input quantiser sees each clip divided by its own peak: a -60 dB clip batched
+    with a loud one keeps its single-clip features (one batch peak would leave it a few int8 steps)."""
+    from edgeser.quant.qstudent import QuantFrontend
+
+    qf = QuantFrontend(LogMel())
+    x = _clips_at_different_levels()
+    qf.train()
+    qf(x)  # the observers initialise their scales on this batch
+    qf.eval()
+    for m in qf.modules():
+        if hasattr(m, "observe"):
+            m.observe = False
+    batch = qf(x)
+    for i in range(len(x)):
+        # (a batched and a single conv round a few of the 10^4 values to the neighbouring int8 step: 0.002 here)
+        diff = float((batch[i] - qf(x[i : i + 1])[0]).abs().max())
+        assert diff < 0.01, f"clip {i} depends on its batch (max |diff| {diff:.3f})"

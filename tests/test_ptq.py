@@ -14,6 +14,7 @@ from edgeser.export.onnx_export import export_onnx
 from edgeser.export.ptq import frontend_nodes, ptq_quantize
 from edgeser.export.tensorrt import check_tensorrt_rules
 from edgeser.models.student import Student
+from tests.quant_steps import MIN_RANGE_STEPS, onnx_head_steps
 
 SAMPLES = 16000
 # the dynamic time axis is legal for TensorRT with an optimisation profile covering it
@@ -55,8 +56,15 @@ def test_ptq_runs_and_agrees_with_fp32(ptq):
     with torch.no_grad():
         assert np.abs(model(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
     assert got.shape == (32, 4) and _session(out).run(None, {"audio": x[:3]})[0].shape == (3, 4)
-    assert np.isfinite(got).all() and np.isfinite(np.abs(got - ref).max())
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+    # onnxruntime Q/DQs the logits (int8, scale ~1.8e-3), so they are off by up to half that step from their own
+    # rounding, plus what the body's roundings do to the head input: the fake-quant budget of 3 logit steps
+    # (tests/test_fakequant.py; logit step ~1.0e-3). Measured 1.28e-3 (0.71 output steps); bound ~4.0e-3.
+    steps = onnx_head_steps(out)
+    assert steps["output_scale"] is not None  # the layout quantises the logits (else drop the half step)
+    bound = steps["output_scale"] / 2 + 3 * steps["logit_step"]
+    assert np.isfinite(got).all() and np.ptp(ref) >= MIN_RANGE_STEPS * steps["logit_step"]
+    assert np.abs(got - ref).max() <= bound
+    assert (got.argmax(1) == ref.argmax(1)).all()
     assert info["path"] == str(out) and info["calibration_clips"] == 32 and "MinMax" in info["method"]
 
 

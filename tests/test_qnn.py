@@ -11,6 +11,7 @@ from edgeser.models.student import Student
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.runtimes import qnn_available, qnn_runner
 from edgeser.quant.calibrate import calibrate
+from tests.quant_steps import MIN_RANGE_STEPS, logit_step
 
 
 def test_qnn_htp_runs_whole_graph_and_agrees(tmp_path):
@@ -28,7 +29,14 @@ def test_qnn_htp_runs_whole_graph_and_agrees(tmp_path):
     with torch.no_grad():
         ref = q(x).numpy()
     assert out.shape == (6, 4) and np.isfinite(out).all()
-    assert np.abs(out - ref).max() < 0.5  # fp16 front-end and HTP rounding: a few int8 steps at most
+    # HTP runs the same int8 graph; its fp16 front-end and its own requantisation arithmetic flip a few roundings,
+    # which reach the logits only through the head input. Measured: 0.18 logit steps (1.8e-4, step 9.6e-4); the
+    # bound, one step, is the head input off by one int8 step in every channel at once. The logits span ~400
+    # steps, so zeroed, bias-only or clipped logits (a wrong int16 output scale) are off by tens of steps.
+    step = logit_step(q)
+    assert np.ptp(ref) >= MIN_RANGE_STEPS * step
+    assert np.abs(out - ref).max() <= step
+    assert (out.argmax(1) == ref.argmax(1)).all()
 
 
 def _int8_and_htp(tmp_path):

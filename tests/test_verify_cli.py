@@ -108,7 +108,7 @@ def _speaker_subset(run_dir, out_csv, speakers, per_speaker, extra_rows=()):
 def test_data_scores_every_row_and_pairs_the_teacher(tiny_run, tmp_path):
     """--data FILE scores every row (no speaker re-split), says how many, and the UA drop is against the
     teacher run on those very clips."""
-    from edgeser.run_manifest import verify_run
+    from edgeser.reverify import verify_run
 
     run_dir, report = tiny_run
     speakers = sorted({r["speaker"] for r in csv.DictReader(open(run_dir / "data/synth/manifest.csv"))})[:5]
@@ -270,3 +270,64 @@ def test_verify_refuses_overrides_it_would_ignore(tiny_run):
     assert "--set distill.epochs: verify only re-checks gates" in _one_line(res.output)
     res = runner.invoke(app, ["verify", str(run_dir), "--set", "verify.min_agreement=1.01"])
     assert res.exit_code == 2 and "verify.min_agreement" in res.output  # still validated by the schema
+
+
+def _copy_with(run_dir, dest, recipe_edit=None, manifest_edit=None):
+    """A copy of the finished run with recipe.json and/or manifest.json edited as a user could."""
+    shutil.copytree(run_dir, dest)
+    for name, edit in (("recipe.json", recipe_edit), ("manifest.json", manifest_edit)):
+        if edit is not None:
+            d = json.loads((dest / name).read_text())
+            edit(d)
+            (dest / name).write_text(json.dumps(d, indent=2))
+    return dest
+
+
+def test_edited_recipe_fails_naming_recipe_json(tiny_run, tmp_path):
+    """recipe.json is where verify reads the run's gates: loosening them there (here the UA-drop gate removed
+    and the agreement gate set to 0) no longer verifies: exit 1, the recipe check fails naming recipe.json, in
+    the output and in the JUnit file, while every gate of the run itself passes."""
+    run_dir, _ = tiny_run
+
+    def loosen(r):
+        r["verify"]["max_ua_drop_pt"] = None
+        r["verify"]["min_agreement"] = 0.0
+
+    copy = _copy_with(run_dir, tmp_path / "run", loosen)
+    res = runner.invoke(app, ["verify", str(copy), "--artifact", "onnx-int8", "--junit", str(tmp_path / "v.xml")])
+    out = _one_line(res.output)
+    assert res.exit_code == 1, res.output
+    assert "FAIL recipe sha256 [recipe.json]: recipe.json: sha256" in out and "!= recorded" in out
+    assert out.count("FAIL") == 1  # nothing else failed: the edit alone breaks the run
+    assert "UA drop vs teacher" not in out  # the loosened gates were applied, and the check still failed
+    failures = ET.parse(tmp_path / "v.xml").getroot().find("testsuite").findall("testcase/failure")
+    assert [f.get("message")[:19] for f in failures] == ["recipe.json: sha256"]
+
+
+def test_recipe_without_its_verify_section_fails(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    copy = _copy_with(run_dir, tmp_path / "run", lambda r: r.pop("verify"))
+    res = runner.invoke(app, ["verify", str(copy), "--artifact", "onnx-int8"])
+    assert res.exit_code == 1 and "FAIL recipe sha256 [recipe.json]" in _one_line(res.output), res.output
+
+
+def test_reformatted_recipe_passes_and_package_changes_warn(tiny_run, tmp_path):
+    """The hash is of the recipe's content: recipe.json re-indented with its keys in another order still
+    verifies. A package whose version differs from the one manifest.json recorded is reported as a warning,
+    not a failure."""
+    run_dir, _ = tiny_run
+    copy = tmp_path / "run"
+
+    def older_numpy(m):
+        m["packages"]["numpy"] = "0.0.1"
+
+    _copy_with(run_dir, copy, manifest_edit=older_numpy)
+    recipe = json.loads((copy / "recipe.json").read_text())
+    (copy / "recipe.json").write_text(json.dumps(dict(reversed(list(recipe.items()))), indent=7))
+    res = runner.invoke(app, ["verify", str(copy), "--artifact", "onnx-int8"])
+    out = _one_line(res.output)
+    assert res.exit_code == 0, res.output
+    assert "PASS recipe sha256 [recipe.json]" in out
+    assert "warning: package numpy: the run recorded 0.0.1, this machine has" in out
+    res = runner.invoke(app, ["verify", str(run_dir), "--artifact", "onnx-int8"])
+    assert res.exit_code == 0 and "warning: package" not in _one_line(res.output)  # same machine: no warning
