@@ -90,7 +90,8 @@ def main() -> None:
             continue
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        left = sorted(RunDir(run).rel(f) for f in RunDir(run).stage(stage).glob("*")) if RunDir(run).stage(stage).is_dir() else []
+        folder = RunDir(run).stage(stage)
+        left = sorted(RunDir(run).rel(f) for f in folder.glob("*")) if folder.is_dir() else []
         t = time.perf_counter()
         r = cli(base + ["--out", str(run), "--resume"])
         _, err = r.communicate()

@@ -3,7 +3,8 @@ know about it. The recipe's list of formats, the export stage, verification, the
 the model card are all views of REGISTRY.
 
 Adding a format: one module with its exporter (export(job: ExportJob, path, *needed) -> dict | None, the
-record's updates; `needed`: the files of the formats in its `needs`), its runner (runner(path) -> runtimes.Runner) and its model-card snippet, and one entry below.
+record's updates; `needed`: the files of the formats in its `needs`), its runner (runner(path) ->
+runtimes.Runner) and its model-card snippet, and one entry below.
 
 Functions are named as "module:attribute" and imported when used, so reading the registry (the recipe schema
 does) imports neither torch nor any runtime.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from edgeser.export.htp import onnx_const
 
 # The float logits must span at least this many steps, else "within a few steps" is no test at all (an all-zero
 # output would pass). The tiny seeded students span ~400 logit steps.
@@ -29,16 +30,6 @@ def logit_step(q) -> float:
     return float(q.pool_q.scale) * float(w.abs().sum(1).max())
 
 
-def _const(graph: onnx.GraphProto, name: str) -> np.ndarray:
-    for t in graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    raise KeyError(name)
-
-
 def onnx_head_steps(path) -> dict:
     """The head of a QDQ ONNX classifier: `logit_step` (head input scale * max_k sum_j |W_kj|, W the dequantised
     int8 weights) and `output_scale` (the logits' own Q/DQ scale, None if the Gemm's output is float)."""
@@ -47,14 +38,14 @@ def onnx_head_steps(path) -> dict:
     node = producer[g.output[0].name]
     out_scale = None
     if node.op_type == "DequantizeLinear":  # logits Q/DQ'd: DQ <- Q <- Gemm
-        out_scale = float(_const(g, node.input[1]))
+        out_scale = float(onnx_const(g, node.input[1]))
         node = producer[producer[node.input[0]].input[0]]
     if node.op_type != "Gemm":
         raise ValueError(f"the logits come from {node.op_type}, not the head's Gemm")
     dq_in, dq_w = producer[node.input[0]], producer[node.input[1]]
     assert dq_in.op_type == dq_w.op_type == "DequantizeLinear"
-    w = _const(g, dq_w.input[0]).astype(np.float64) * _const(g, dq_w.input[1]).reshape(-1, 1)
+    w = onnx_const(g, dq_w.input[0]).astype(np.float64) * onnx_const(g, dq_w.input[1]).reshape(-1, 1)
     if not next((a.i for a in node.attribute if a.name == "transB"), 0):
         w = w.T  # (classes, features)
-    return {"logit_step": float(_const(g, dq_in.input[1])) * float(np.abs(w).sum(1).max()),
+    return {"logit_step": float(onnx_const(g, dq_in.input[1])) * float(np.abs(w).sum(1).max()),
             "output_scale": out_scale}

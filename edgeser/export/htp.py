@@ -21,7 +21,8 @@ from edgeser.fileio import atomic_path
 INT16_MAX = 32767
 
 
-def _const(g, name: str) -> np.ndarray:
+def onnx_const(g, name: str) -> np.ndarray:
+    """The value of an initializer or Constant node output of an ONNX graph."""
     for t in g.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
@@ -59,13 +60,13 @@ def head16(model: onnx.ModelProto) -> dict:
     dq_in, dq_w = _producer(g, gemm.input[0]), _producer(g, gemm.input[1])
     if dq_in.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
         raise ValueError("HTP head: the Gemm's input and weight must come from DequantizeLinear")
-    if np.any(_const(g, dq_in.input[2]) != 0):
+    if np.any(onnx_const(g, dq_in.input[2]) != 0):
         raise ValueError("HTP head: the head's input quantiser must be symmetric (zero point 0)")
-    s_in = float(_const(g, dq_in.input[1]))
-    w = _const(g, dq_w.input[0]).astype(np.float64) * _const(g, dq_w.input[1]).reshape(-1, 1)
+    s_in = float(onnx_const(g, dq_in.input[1]))
+    w = onnx_const(g, dq_w.input[0]).astype(np.float64) * onnx_const(g, dq_w.input[1]).reshape(-1, 1)
     trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
     w = w if trans_b else w.T
-    b = _const(g, gemm.input[2]).astype(np.float64) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(len(w))
+    b = onnx_const(g, gemm.input[2]).astype(np.float64) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(len(w))
     bound = logit_bound(w, b, 128 * s_in)
     s_out = bound / INT16_MAX
     gemm.input[0], gemm.output[0] = "htp_head_in16", "htp_logits_float"
