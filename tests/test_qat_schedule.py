@@ -7,7 +7,7 @@ import shutil
 import torch
 from rich.console import Console
 
-import edgeser.stages.distill as distill_stage
+import edgeser.kd as kd_loop  # kd_fit (distill, prune, QAT) calls train.fit from here
 from edgeser.pipeline import compress
 from edgeser.quant.fakequant import ActQuant, QConv1d
 from edgeser.recipe import QAT, load_recipe
@@ -29,7 +29,7 @@ def _state(q) -> tuple[torch.Tensor, torch.Tensor]:
 def test_qat_freezes_observers_then_bn_on_schedule(tiny_run, tiny_recipe_path, tmp_path, monkeypatch):
     """4 QAT epochs, observers for 2, BN for 1: every training batch records the flags it ran with and whether
     it moved the scales or the BN statistics; epochs that should be frozen move nothing, the others do."""
-    real, batches, epoch = distill_stage.fit, [], [0]
+    real, batches, epoch = kd_loop.fit, [], [0]
 
     def fit(model, corpus, cfg, loss_fn, *, on_epoch=None, **kw):
         assert kw.get("desc") == "qat"  # data .. prune are kept from the tiny run: only QAT trains
@@ -56,7 +56,7 @@ def test_qat_freezes_observers_then_bn_on_schedule(tiny_run, tiny_recipe_path, t
             for h in hooks:
                 h.remove()
 
-    monkeypatch.setattr(distill_stage, "fit", fit)
+    monkeypatch.setattr(kd_loop, "fit", fit)
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
     recipe = load_recipe(tiny_recipe_path, ["qat.epochs=4", "qat.freeze_observers_after=2", "qat.freeze_bn_after=1"])

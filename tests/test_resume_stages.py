@@ -9,7 +9,7 @@ import shutil
 import pytest
 from rich.console import Console
 
-import edgeser.stages.distill as distill_stage
+import edgeser.kd as kd_loop  # kd_fit (distill, prune, QAT) calls train.fit from here
 import edgeser.stages.teacher as teacher_stage
 from edgeser.fileio import load_state, sha256
 from edgeser.pipeline import compress
@@ -24,7 +24,7 @@ def spy_fit(monkeypatch, desc: str, die_at: int | None = None) -> dict:
     """Wrap the fit of train_teacher and of kd_fit (distill, prune and QAT): record, for the loop named `desc`, the
     epochs it starts and its training forward passes (one per batch); with `die_at`, raise Interrupted when
     that epoch starts (after the checkpoint of the epoch before it is written)."""
-    module = teacher_stage if desc == "teacher" else distill_stage
+    module = teacher_stage if desc == "teacher" else kd_loop
     real, seen = module.fit, {"epochs": [], "batches": 0}
 
     def fit(model, corpus, cfg, loss_fn, *, on_epoch=None, **kw):

@@ -120,7 +120,7 @@ def test_artifacts_match_their_reference_as_designed(tiny_run, tiny_corpus):
       flipped), so only: agreement at least 0.5 and a difference under a quarter of the FP32 logits' range
       (random or mis-scaled logits would be the size of the range)."""
     from edgeser.quant.fakequant import weight_scales
-    from edgeser.runtimes import load_runner
+    from edgeser.formats import load_runner
 
     run_dir, report = tiny_run
     by = {a["name"]: a for a in report["artifacts"]}
