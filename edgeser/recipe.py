@@ -267,10 +267,9 @@ class Prune(Train):
 
     @model_validator(mode="after")
     def _target(self):
-        if self.target == "macs" and self.macs_budget is None:
-            raise ValueError("target macs needs prune.macs_budget")
-        if self.target == "latency" and self.latency_ms is None:
-            raise ValueError("target latency needs prune.latency_ms")
+        needs = {"macs": "macs_budget", "latency": "latency_ms"}.get(self.target)  # the limit each target reads
+        if needs is not None and getattr(self, needs) is None:
+            raise ValueError(f"target {self.target} needs prune.{needs}")
         return self
 
 
