@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet -e ".[dev,qnn]" || echo "onnxruntime-qnn could not be installed: qnn-htp artifacts will be skipped"
+	$(BIN)/pip install --quiet -e ".[dev,openvino]" "torch==2.13.0" || echo "openvino could not be installed: openvino artifacts will be skipped"
 	touch $(STAMP)
 
 demo: install

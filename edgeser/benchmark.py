@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from edgeser.fileio import size_bytes
-from edgeser.formats import by_suffix
+from edgeser.formats import by_marker, by_suffix
 from edgeser.run_dir import RunDir
 from edgeser.timing import time_calls
 
 SAMPLE_RATE = 16000
 
 SUFFIX_FORMATS = by_suffix()  # file suffix -> the kind measured (the format registry's `bench`)
+MARKER_FORMATS = by_marker()  # a folder artifact holding this file -> its kind (OpenVINO IR: model.xml)
 
 # the onnx-int8-stream folder, named as in edgeser.export.stream_export (which imports torch: the measuring
 # process of an ONNX artifact must not)
@@ -66,14 +67,21 @@ def is_stream_dir(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file() for f in (STREAM_CONFIG, STREAM_STEP, STREAM_BODY))
 
 
+def marker_format(path: Path) -> str | None:
+    """The kind of a folder artifact recognised by a file inside it (formats.Format.marker), or None."""
+    path = Path(path)
+    return next((k for m, k in MARKER_FORMATS.items() if path.is_dir() and (path / m).is_file()), None)
+
+
 def expand_artifacts(paths: Iterable[Path]) -> list[Path]:
     """Command-line paths -> artifacts. A stream folder is one artifact; any other folder without an artifact
     suffix (RUN/artifacts) gives what in it bench can measure, sorted by name: files and packages with a known
     suffix, and stream folders. Everything else passes through, so a wrong path fails with its own message."""
     out = []
     for p in map(Path, paths):
-        if p.is_dir() and p.suffix.lower() not in SUFFIX_FORMATS and not is_stream_dir(p):
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIX_FORMATS or is_stream_dir(f))
+        if p.is_dir() and p.suffix.lower() not in SUFFIX_FORMATS and not is_stream_dir(p) and not marker_format(p):
+            out += sorted(f for f in p.iterdir()
+                          if f.suffix.lower() in SUFFIX_FORMATS or is_stream_dir(f) or marker_format(f))
         else:
             out.append(p)
     return out
@@ -83,6 +91,8 @@ def artifact_format(path: Path) -> str:
     path = Path(path)
     if is_stream_dir(path):
         return STREAM_FORMAT
+    if marker_format(path):
+        return marker_format(path)
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         known = ", ".join(sorted(SUFFIX_FORMATS))

@@ -31,6 +31,7 @@ class Format:
     role: str = "deploy"  # "baseline": measured beside the others, never gated
     default: bool = True  # exported when the recipe does not list formats
     suffixes: tuple[str, ...] = ()  # file suffixes `edgeser bench` recognises it by
+    marker: str | None = None  # or, for a folder artifact, the file inside it that `edgeser bench` looks for
     bench: str | None = None  # the kind `edgeser bench` measures it as (edgeser/benchmark.py)
     note: str | None = None  # said in verify's reason whenever it runs (e.g. a simulator's latency)
     simulated: bool = False  # its runtime here is a simulator: the robustness suite runs on fewer clips
@@ -70,6 +71,12 @@ REGISTRY: dict[str, Format] = {f.name: f for f in [
            "qnn", f"{_CARD}:HTP", available=f"{_RT}:qnn_available", needs=("onnx-int8",), default=False,
            note="ran whole on Qualcomm's HTP backend (CPU fallback disabled); its latency is the x86 simulator's, "
                 "not the device's", simulated=True),
+    # the same INT8 QDQ graph as OpenVINO IR for Intel CPUs, GPUs and NPUs, verified on OpenVINO's CPU plugin at
+    # f32 inference precision (its bf16 default moved INT8 logits 0.5-0.7); optional: the openvino extra
+    Format("openvino", "student_int8_openvino", "int8", "qat", "edgeser.export.openvino:export_artifact",
+           "edgeser.export.openvino:runner", "openvino", "edgeser.export.openvino:USAGE",
+           available="edgeser.export.openvino:available", needs=("onnx-int8",), default=False, marker="model.xml",
+           bench="openvino"),
 ]}
 
 NAMES = tuple(REGISTRY)
@@ -93,6 +100,11 @@ def available(name: str) -> tuple[bool, str]:
 def load_runner(name: str, path: Path):
     """A runtimes.Runner for the artifact at `path`, of format `name`."""
     return resolve(REGISTRY[name].runner)(Path(path))
+
+
+def by_marker() -> dict[str, str]:
+    """For folder artifacts: the file inside that identifies one -> the kind `edgeser bench` measures it as."""
+    return {f.marker: f.bench for f in REGISTRY.values() if f.marker and f.bench}
 
 
 def by_suffix() -> dict[str, str]:

@@ -327,6 +327,9 @@ class Verify(_Section):
                                          "of a gated artifact, ms (null = off)")
     max_size_bytes: int | None = Field(None, gt=0, description="gate: largest size of a gated artifact, bytes "
                                        "(null = off)")
+    min_cross_agreement: float = Field(0.98, ge=0, le=1, description="gate: least top-1 agreement between two "
+                                       "verified artifacts of the same reference model (two runtimes of one "
+                                       "model), on the held-out clips (report: agreement_matrix)")
     min_agreement: float = Field(0.95, ge=0, le=1, description="gate: least top-1 agreement of every verified "
                                  "artifact with its PyTorch reference")
     gate_artifacts: list[Literal[ARTIFACTS]] = Field(  # type: ignore[valid-type]

@@ -205,6 +205,25 @@ def robustness_markdown(report: dict) -> list[str]:
             *[f"- **{a['name']}** {robust_summary(report, a)}" for a in arts]]
 
 
+MATRIX_COLUMNS = ["artifact", "artifact", "agree %", "max |Δlogit|", "gated"]
+
+
+def matrix_rows(report: dict) -> list[list[str]]:
+    """The cross-runtime agreement matrix, one row per pair of verified artifacts."""
+    return [[p["a"], p["b"], f"{100 * p['agreement']:.1f}", f"{p['max_abs_logit_diff']:.4f}",
+             "yes" if p["should_match"] else "no (other reference model or a baseline)"]
+            for p in report.get("agreement_matrix") or []]
+
+
+def matrix_markdown(report: dict) -> list[str]:
+    rows = matrix_rows(report)
+    if not rows:
+        return []
+    return ["", "## Cross-runtime agreement", "", "Every pair of verified artifacts on the same held-out clips; "
+            "pairs of one reference model are gated by verify.min_cross_agreement.", "",
+            *md_table(MATRIX_COLUMNS, rows)]
+
+
 def build_report(ctx: Context) -> dict:
     r = ctx.results
     t = r["teacher"]
@@ -218,6 +237,7 @@ def build_report(ctx: Context) -> dict:
               "teacher": teacher, "artifacts": r["verify"]["artifacts"], "gates": r["verify"]["gates"],
               "waterfall": waterfall, "stage_seconds": r.get("stage_seconds", {}),
               "warnings": list(r["verify"].get("warnings") or []),
+              "agreement_matrix": r["verify"].get("agreement_matrix") or [],
               "passed": all(g["passed"] for g in r["verify"]["gates"])}
     if r["verify"].get("teacher"):  # the teacher scored on the very clips the artifacts were (drops are paired on them)
         report["teacher_same_clips"] = r["verify"]["teacher"]
@@ -240,6 +260,7 @@ def markdown(report: dict) -> str:
               *md_table(["gate", "limit", "value", "result"],
                         [[g["name"], g["limit"], gate_value(g), "pass" if g["passed"] else "**FAIL**"]
                          for g in report["gates"]])]
+    lines += matrix_markdown(report)
     lines += robustness_markdown(report)
     lines += ["", "## Accuracy waterfall (UA %)", "", " → ".join(f"{w['step']} {100 * w['ua']:.1f}"
                                                                   for w in report["waterfall"]), ""]

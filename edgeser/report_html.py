@@ -8,9 +8,9 @@ from __future__ import annotations
 import html
 import math
 
-from edgeser.report import (COLUMNS, HEAT_AMBER, HEAT_GREEN, ROBUST_LEGEND, case_agreement, case_failed, gate_value,
-                             pct_ci, reference_label, robust_artifacts, robust_cases, robust_cell, robust_limit,
-                             robust_summary, structural_checks, table_notes, table_rows)
+from edgeser.report import (COLUMNS, HEAT_AMBER, HEAT_GREEN, MATRIX_COLUMNS, ROBUST_LEGEND, case_agreement, case_failed,
+                             gate_value, matrix_rows, pct_ci, reference_label, robust_artifacts, robust_cases,
+                             robust_cell, robust_limit, robust_summary, structural_checks, table_notes, table_rows)
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#222;
 padding:0 16px}svg{max-width:100%;height:auto}
@@ -219,6 +219,10 @@ def render(report: dict) -> str:
                   for a in report["artifacts"] if a.get("confusion"))
     warnings = ("<div class='warn-box'><b>Warnings</b><ul>" + "".join(f"<li>{_e(w)}</li>" for w in report["warnings"])
                 + "</ul></div>") if report.get("warnings") else ""
+    mrows = matrix_rows(report)
+    matrix = ("<h2>Cross-runtime agreement</h2><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in MATRIX_COLUMNS)
+              + "</tr>" + "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>" for r in mrows)
+              + "</table>") if mrows else ""
     table_note = "".join(f"<p class='note'>{_e(line)}</p>" for line in table_notes(report))
     verdict = ("<span class='pass'>all gates pass</span>" if report["passed"]
                else "<span class='fail'>a gate failed</span>")
@@ -229,7 +233,7 @@ def render(report: dict) -> str:
 classes {_e(', '.join(classes))}. Latency: batch 1, one thread.</p>
 {warnings}
 <h2>Artifacts</h2>{table}{table_note}<ul class="note">{notes}</ul>
-<h2>Gates</h2>{gates}
+<h2>Gates</h2>{gates}{matrix}
 {robustness_html(report)}
 <h2>Accuracy waterfall</h2>{waterfall_svg(report['waterfall'])}
 <h2>Accuracy vs latency vs size</h2>{pareto_svg(report['artifacts'])}

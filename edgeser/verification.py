@@ -46,7 +46,7 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
                per_class_recall=m["per_class_recall"], confusion=m["confusion"], n=m["n"],
                agreement=float((logits.argmax(1) == ref_logits.argmax(1)).mean()),
                max_abs_logit_diff=float(np.abs(logits - ref_logits).max()),
-               latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1))
+               latency_ms=latency_ms(runner, first, latency_runs), pred=logits.argmax(1), logits=logits)
     if suite is not None:
         try:
             sim = fmt.simulated
@@ -54,6 +54,29 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
         except Exception as e:
             out.update(status="failed", reason=f"robustness suite: {type(e).__name__}: {e}")
     return out
+
+
+def agreement_matrix(artifacts: list[dict], logits: dict) -> list[dict]:
+    """Every pair of verified artifacts, on the same held-out clips: top-1 agreement and max |Δlogit|. A pair
+    `should_match` when both are deployable artifacts of the same reference model (the QAT INT8 student, or the
+    FP32 student): different runtimes of one model, which must decide alike. Baselines (PTQ) are paired for
+    the record but never gated."""
+    ran = [a for a in artifacts if a["status"] == "verified" and logits.get(a["name"]) is not None]
+    out = []
+    for i, a in enumerate(ran):
+        for b in ran[i + 1:]:
+            la, lb = logits[a["name"]], logits[b["name"]]
+            out.append({"a": a["name"], "b": b["name"], "agreement": float((la.argmax(1) == lb.argmax(1)).mean()),
+                        "max_abs_logit_diff": float(np.abs(la - lb).max()),
+                        "should_match": a["reference"] == b["reference"] and "baseline" not in (a.get("role"),
+                                                                                               b.get("role"))})
+    return out
+
+
+def cross_agreement_gates(cfg, matrix: list[dict]) -> list[dict]:
+    """verify.min_cross_agreement on every pair that should match (agreement_matrix)."""
+    return [_gate(f"cross agreement [{p['a']} ~ {p['b']}]", cfg.min_cross_agreement, round(p["agreement"], 4),
+                  p["agreement"] >= cfg.min_cross_agreement) for p in matrix if p["should_match"]]
 
 
 def _gate(name, limit, value, ok) -> dict:
@@ -163,7 +186,7 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
         if progress:
             progress.remove_task(task0)
     task = progress.add_task("verify", total=len(records)) if progress else None
-    artifacts = []
+    artifacts, logits = [], {}
     for rec in records:
         if progress:
             progress.update(task, description=f"verify {rec['name']}")
@@ -171,7 +194,7 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
                             suite if rec.get("role") != "baseline" else None,
                             resolving_clips(recipe.verify.simulated_clips, recipe.verify.min_robust_agreement))
         a["params"], a["macs"] = stats[rec["reference"]]["params"], stats[rec["reference"]]["macs"]
-        pred = a.pop("pred", None)
+        pred, logits[a["name"]] = a.pop("pred", None), a.pop("logits", None)
         if a["status"] == "verified":
             ci, drop = bootstrap_ci(y, pred, classes), paired_drop_ci(y, teacher_pred, pred, classes)
             a.update(ua_ci=ci["ua"], wa_ci=ci["wa"], ua_drop_pt=drop["drop_pt"], ua_drop_ci_pt=drop["ci_pt"])
@@ -182,5 +205,8 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
         progress.remove_task(task)
     gates = evaluate_gates(recipe.verify, artifacts, teacher["ua"], len(classes))
     gates += robustness_gates(recipe.verify, artifacts)
+    matrix = agreement_matrix(artifacts, logits)
+    gates += cross_agreement_gates(recipe.verify, matrix)
     warnings = resolution_warnings(recipe.verify, artifacts, len(y))
-    return {"artifacts": artifacts, "gates": gates, "teacher": teacher, "warnings": warnings}
+    return {"artifacts": artifacts, "gates": gates, "teacher": teacher, "warnings": warnings,
+            "agreement_matrix": matrix}

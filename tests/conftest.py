@@ -27,7 +27,7 @@ TINY = {
     # (min_robust_agreement: a near-chance tiny model has near-zero margins, so noise flips its decisions;
     # tests/test_robustness.py checks the gate itself)
     "verify": {"max_ua_drop_pt": 100, "min_agreement": 0.5, "latency_runs": 5, "min_ua": 0.0,
-               "min_robust_agreement": 0.5},
+               "min_robust_agreement": 0.5, "min_cross_agreement": 0.5},
 }
 
 

@@ -244,3 +244,31 @@ def test_report_passes_only_when_every_gate_passes():
     assert report(g)["passed"]
     g = gates(Verify(max_size_bytes=1000), art(size_bytes=1001))
     assert [x["name"] for x in g if not x["passed"]] == ["size bytes [onnx-int8]"] and not report(g)["passed"]
+
+
+def test_agreement_matrix_pairs_and_cross_agreement_gate():
+    """agreement_matrix pairs every verified artifact; only pairs of one reference model, baselines out, are
+    gated, and the gate fails just below verify.min_cross_agreement."""
+    import numpy as np
+
+    from edgeser.verification import agreement_matrix, cross_agreement_gates
+
+    eye = np.eye(4)[[0, 1, 2, 3] * 25]  # 100 clips, one-hot logits
+    other = eye.copy()
+    other[:3] = np.eye(4)[[1, 2, 3]]  # 3 of 100 decisions differ: 97 %
+    arts = [{"name": "onnx-int8", "status": "verified", "reference": "qat", "role": "deploy"},
+            {"name": "openvino", "status": "verified", "reference": "qat", "role": "deploy"},
+            {"name": "onnx-fp32", "status": "verified", "reference": "prune", "role": "deploy"},
+            {"name": "onnx-int8-ptq", "status": "verified", "reference": "prune", "role": "baseline"},
+            {"name": "coreml", "status": "skipped", "reference": "qat", "role": "deploy"}]
+    logits = {"onnx-int8": eye, "openvino": other, "onnx-fp32": eye, "onnx-int8-ptq": eye}
+    m = agreement_matrix(arts, logits)
+    assert [(p["a"], p["b"]) for p in m] == [("onnx-int8", "openvino"), ("onnx-int8", "onnx-fp32"),
+                                             ("onnx-int8", "onnx-int8-ptq"), ("openvino", "onnx-fp32"),
+                                             ("openvino", "onnx-int8-ptq"), ("onnx-fp32", "onnx-int8-ptq")]
+    pair = m[0]
+    assert pair["agreement"] == 0.97 and pair["max_abs_logit_diff"] == 1.0 and pair["should_match"]
+    assert [p["should_match"] for p in m] == [True, False, False, False, False, False]
+    assert cross_agreement_gates(Verify(min_cross_agreement=0.97), m)[0]["passed"]
+    g = cross_agreement_gates(Verify(min_cross_agreement=0.9701), m)
+    assert len(g) == 1 and not g[0]["passed"] and g[0]["name"] == "cross agreement [onnx-int8 ~ openvino]"

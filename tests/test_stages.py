@@ -148,7 +148,7 @@ def test_artifacts_match_their_reference_as_designed(tiny_run, tiny_corpus):
 def test_report_files(tiny_run):
     run_dir, report = tiny_run
     r = json.loads((run_dir / "report.json").read_text())
-    assert set(r) >= {"recipe", "teacher", "artifacts", "gates", "waterfall"}
+    assert set(r) >= {"recipe", "teacher", "artifacts", "gates", "waterfall", "agreement_matrix"}
     assert set(r["teacher"]) >= {"ua", "wa", "macro_f1", "params", "size_bytes"}
     for a in r["artifacts"]:
         assert set(a) >= {"name", "format", "precision", "path", "status", "reason"}
