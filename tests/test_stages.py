@@ -155,7 +155,10 @@ def test_report_files(tiny_run):
     # TINY switches the accuracy gates off (max_ua_drop_pt 100, min_ua 0), so this shows only that every gate
     # was evaluated; tests/test_gates.py shows each one failing past its threshold
     kinds = {g["name"].split(" [")[0] for g in r["gates"]}
-    assert kinds == {"agreement", "min_ua, UA 95% CI low", "UA drop vs teacher, pt", "robust agreement"}, kinds
+    assert kinds == {"agreement", "min_ua, UA 95% CI low", "UA drop vs teacher, pt", "robust agreement",
+                     "cross agreement"}, kinds
+    assert r["agreement_matrix"] and all({"a", "b", "agreement", "max_abs_logit_diff", "should_match"} <= set(p)
+                                         for p in r["agreement_matrix"])
     assert all(g["passed"] for g in r["gates"]) and r["passed"]
     md = (run_dir / "report.md").read_text()
     assert "| onnx-int8 | int8 | verified |" in md and "## Gates" in md
@@ -279,4 +282,5 @@ def test_report_html_is_self_contained_and_complete(tiny_run):
     verified = [a for a in report["artifacts"] if a["status"] == "verified"]
     assert p.tags.count("svg") == 2 + len(verified)  # waterfall, Pareto, one confusion matrix per artifact
     robust = any(a.get("robustness") for a in report["artifacts"])  # the robustness heatmap is a table too
-    assert p.tags.count("table") == 2 + robust and not p.external  # nothing outside the file
+    matrix = bool(report.get("agreement_matrix"))  # the cross-runtime agreement table
+    assert p.tags.count("table") == 2 + robust + matrix and not p.external  # nothing outside the file
