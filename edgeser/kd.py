@@ -55,7 +55,8 @@ def view_count(aug_views: int, min_kd_rows: int, n_train: int) -> int:
 
 
 _HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the teacher file
-_MEMO: dict[str, tuple[object, KDSet]] = {}  # the last KD set made in this process, by key (with its corpus)
+# the last KD set made in this process, by key, with its corpus and logits file (another run dir makes its own)
+_MEMO: dict[str, tuple[object, Path, KDSet]] = {}
 
 
 def _file_sha(path: Path) -> str:
@@ -75,8 +76,8 @@ def kd_set(corpus: Corpus, teacher_path: Path, cache: Path, *, views: int, augme
     key = (f"{_file_sha(teacher_path)}:{views}:{seed}:{len(x0.y) * (views + 1)}:{augment_key}:{list(hint_layers)}"
            ":val")
     memo = _MEMO.get(key)
-    if memo is not None and memo[0] is corpus:
-        return memo[1]
+    if memo is not None and memo[0] is corpus and memo[1] == Path(cache) and Path(cache).is_file():
+        return memo[2]
     train = kd_views(x0, views, augment_fn, seed)
     blob = None
     if dist.is_main():  # under torchrun rank 0 reads or (re)computes the cache; the others then read its file
@@ -96,7 +97,7 @@ def kd_set(corpus: Corpus, teacher_path: Path, cache: Path, *, views: int, augme
     out = KDSet(dataclasses.replace(corpus, splits={**corpus.splits, "train": train}), blob["logits"],
                 blob["val_logits"], {int(k): v for k, v in blob.get("hints", {}).items()}, views)
     _MEMO.clear()
-    _MEMO[key] = (corpus, out)
+    _MEMO[key] = (corpus, Path(cache), out)
     return out
 
 

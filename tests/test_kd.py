@@ -67,3 +67,15 @@ def test_kd_set_is_made_once_per_corpus(tiny_run, tiny_corpus, tmp_path, monkeyp
     assert len(a.corpus.splits["train"].y) == 2 * len(tiny_corpus.splits["train"].y) == len(a.logits)
     c = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **(args | {"views": 2}))
     assert len(calls) == 2 and len(c.logits) == 3 * len(tiny_corpus.splits["train"].y)
+
+
+def test_kd_set_for_another_logits_file_is_made_again(tiny_run, tiny_corpus, tmp_path, monkeypatch):
+    """The memo never hands one run's KD set to a run whose logits file (run folder) is another."""
+    run_dir, _ = tiny_run
+    calls = []
+    real = kd.kd_views
+    monkeypatch.setattr(kd, "kd_views", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = dict(views=1, augment_fn=lambda x: x * 0.5, seed=4, augment_key="k", hint_layers=[])
+    kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", tmp_path / "a.pt", **args)
+    kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", tmp_path / "b.pt", **args)
+    assert len(calls) == 2 and (tmp_path / "b.pt").is_file()
