@@ -54,28 +54,29 @@ def test_smote_rows_already_log_mel_are_masked_not_re_featurised():
     assert torch.equal(kd._logits(s, mel, _mask()), hook)
 
 
-def test_kd_set_is_made_once_per_corpus(tiny_run, tiny_corpus, tmp_path, monkeypatch):
-    run_dir, _ = tiny_run
-    calls = []
-    real = kd.kd_views
+def _counting_views(monkeypatch) -> list:
+    """kd.kd_views wrapped to count the KD sets actually made."""
+    calls, real = [], kd.kd_views
     monkeypatch.setattr(kd, "kd_views", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = dict(views=1, augment_fn=lambda x: x * 0.5, seed=3, augment_key="k", hint_layers=[])
-    cache = tmp_path / "logits.pt"
-    a = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **args)
-    b = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **args)
+    return calls
+
+
+ARGS = dict(views=1, augment_fn=lambda x: x * 0.5, augment_key="k", hint_layers=[])
+
+
+def test_kd_set_is_made_once_per_corpus(tiny_run, tiny_corpus, tmp_path, monkeypatch):
+    teacher, calls, cache = tiny_run[0] / "stages/teacher/model.pt", _counting_views(monkeypatch), tmp_path / "l.pt"
+    a = kd.kd_set(tiny_corpus, teacher, cache, seed=3, **ARGS)
+    b = kd.kd_set(tiny_corpus, teacher, cache, seed=3, **ARGS)
     assert a is b and len(calls) == 1 and cache.is_file()
     assert len(a.corpus.splits["train"].y) == 2 * len(tiny_corpus.splits["train"].y) == len(a.logits)
-    c = kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", cache, **(args | {"views": 2}))
+    c = kd.kd_set(tiny_corpus, teacher, cache, seed=3, **(ARGS | {"views": 2}))
     assert len(calls) == 2 and len(c.logits) == 3 * len(tiny_corpus.splits["train"].y)
 
 
 def test_kd_set_for_another_logits_file_is_made_again(tiny_run, tiny_corpus, tmp_path, monkeypatch):
     """The memo never hands one run's KD set to a run whose logits file (run folder) is another."""
-    run_dir, _ = tiny_run
-    calls = []
-    real = kd.kd_views
-    monkeypatch.setattr(kd, "kd_views", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = dict(views=1, augment_fn=lambda x: x * 0.5, seed=4, augment_key="k", hint_layers=[])
-    kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", tmp_path / "a.pt", **args)
-    kd.kd_set(tiny_corpus, run_dir / "stages/teacher/model.pt", tmp_path / "b.pt", **args)
+    teacher, calls = tiny_run[0] / "stages/teacher/model.pt", _counting_views(monkeypatch)
+    kd.kd_set(tiny_corpus, teacher, tmp_path / "a.pt", seed=4, **ARGS)
+    kd.kd_set(tiny_corpus, teacher, tmp_path / "b.pt", seed=4, **ARGS)
     assert len(calls) == 2 and (tmp_path / "b.pt").is_file()
