@@ -28,6 +28,12 @@ def artifact_meta(ctx, model, samples: int) -> dict:
                     recipe_json=ctx.recipe.model_dump(mode="json"), version=package_version())
 
 
+def write(job: ExportJob, name: str):
+    """Run a format's exporter: its file, from the files of the formats it needs. Returns the record's updates."""
+    f = REGISTRY[name]
+    return resolve(f.export)(job, job.path(name), *[job.path(n) for n in f.needs])
+
+
 def export_one(job: ExportJob, name: str) -> dict:
     """Export one format; its record (name, file, status, reason, checks). A failure is recorded, not raised:
     one format failing must not lose the others."""
@@ -36,7 +42,7 @@ def export_one(job: ExportJob, name: str) -> dict:
     rec = {"name": name, "format": name, "precision": f.precision, "path": str(path.relative_to(job.run_dir)),
            "reference": f.reference, "role": f.role, "status": "exported", "reason": None, "checks": {}}
     try:
-        extra = resolve(f.export)(job, path, *[job.path(n) for n in f.needs])
+        extra = write(job, name)
         if isinstance(extra, dict):
             rec.update(extra)
             if rec.get("path") is None or not path.exists():
@@ -61,7 +67,7 @@ def run(ctx: Context) -> dict:
     order = [n for n in REGISTRY if n in fmts]
     # files an asked-for format reads (onnx-int8 for tensorrt and qnn-htp) but nobody asked for: written first
     for need in dict.fromkeys(n for name in order for n in REGISTRY[name].needs if n not in fmts):
-        resolve(REGISTRY[need].export)(job, job.path(need), *[job.path(n) for n in REGISTRY[need].needs])
+        write(job, need)
     records = []
     task = ctx.progress.add_task("export", total=len(order)) if ctx.progress else None
     for name in order:
