@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet -e ".[dev,qnn]" || echo "onnxruntime-qnn could not be installed: qnn-htp artifacts will be skipped"
 	$(BIN)/pip install --quiet -e ".[dev,openvino]" "torch==2.13.0" || echo "openvino could not be installed: openvino artifacts will be skipped"
+	$(BIN)/pip install --quiet -e ".[dev,executorch]" "torch==2.13.0" || echo "executorch could not be installed: executorch-* artifacts will be skipped"
+	$(BIN)/pip install --quiet -e ".[dev,litert]" "torch==2.13.0" || echo "litert could not be installed: tflite-int8 artifacts will be skipped"
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 demo: install

@@ -40,6 +40,7 @@ class Format:
 _OX = "edgeser.export.onnx_export"
 _RT = "edgeser.runtimes"
 _CARD = "edgeser.export.model_card"
+_ET = "edgeser.export.executorch"
 
 REGISTRY: dict[str, Format] = {f.name: f for f in [
     Format("torchscript", "student_int8.ts", "int8-qdq", "qat", f"{_OX}:export_torchscript_artifact",
@@ -77,6 +78,23 @@ REGISTRY: dict[str, Format] = {f.name: f for f in [
            "edgeser.export.openvino:runner", "openvino", "edgeser.export.openvino:USAGE",
            available="edgeser.export.openvino:available", needs=("onnx-int8",), default=False, marker="model.xml",
            bench="openvino"),
+    # ExecuTorch programs (edgeser.export.executorch): the QAT student's own Q/DQ graph, batch 1, lowered whole to
+    # one delegate; optional: the executorch extra. XNNPACK runs here on ExecuTorch's runtime; Core ML and QNN
+    # lower here and run on their devices (iOS / Snapdragon), so they are structural checks, skipped with why.
+    Format("executorch-xnnpack", "student_int8_xnnpack.pte", "int8", "qat", f"{_ET}:export_xnnpack", f"{_ET}:runner",
+           "executorch", f"{_ET}:USAGE", available=f"{_ET}:available", default=False, suffixes=(".pte",),
+           bench="executorch-xnnpack"),
+    Format("executorch-coreml", "student_int8_coreml.pte", "int8", "qat", f"{_ET}:export_coreml", f"{_ET}:runner",
+           "executorch", f"{_ET}:USAGE_COREML", available=f"{_ET}:coreml_available", default=False,
+           suffixes=(".pte",), bench="executorch-xnnpack"),
+    Format("executorch-qnn", "student_int8_qnn.pte", "int8", "qat", f"{_ET}:export_qnn", f"{_ET}:runner",
+           "executorch", f"{_ET}:USAGE_QNN", available=f"{_ET}:qnn_available", default=False, suffixes=(".pte",),
+           bench="executorch-xnnpack"),
+    # LiteRT (TFLite) full-integer INT8 from litert-torch, run on the LiteRT interpreter with XNNPACK
+    # (edgeser.export.litert); optional: the litert extra
+    Format("tflite-int8", "student_int8.tflite", "int8", "qat", "edgeser.export.litert:export_artifact",
+           "edgeser.export.litert:runner", "litert", "edgeser.export.litert:USAGE",
+           available="edgeser.export.litert:available", default=False, suffixes=(".tflite",), bench="tflite-int8"),
 ]}
 
 NAMES = tuple(REGISTRY)

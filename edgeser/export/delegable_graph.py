@@ -1,0 +1,56 @@
+"""The QAT student's export graph rewritten in ops that ExecuTorch's XNNPACK partitioner takes whole, for the
+`executorch-*` formats. Export-only: the models' own source (and so every other artifact's bytes) is untouched.
+
+The maths is the same op for op, and the quantisation is the QAT model's own: the same Q/DQ ops with the same
+frozen scales (symmetric, zero point 0, per-channel int8 weights), not a PT2E quantizer's recalibration. What
+changes is only how a few steps are spelled, each a rejection the partitioner reported (WhyNoPartition):
+
+- `unsqueeze(1)` (not on the trailing dimension) -> `reshape(B, 1, -1)`;
+- the mel weight `mel.unsqueeze(-1)` computed in the graph ("weight not a static param") -> a buffer;
+- `amax` over a dimension -> `reshape(B, 1, 1, -1).max(dim=3, keepdim=True)`;
+- the time mean over (B, C, T) -> `unsqueeze(-1).mean((2, 3), keepdim=True)`;
+- the head: int8 weights dequantised in the graph feeding float logits ("expected output node to have a
+  dequantized node": XNNPACK's int8 GEMM wants a quantised output, which the QAT model deliberately has not)
+  -> the same dequantised weights as a float buffer, so the head is an f32 GEMM of the int8-grid activations
+  and int8-grid weights: the products the int8 GEMM sums, in float.
+
+XNNPACK reshapes allow one dynamic dimension, so the graph has a batch of 1 and any length; `Runner` feeds
+clips one at a time.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeser.models.frontend import LEVEL_FLOOR
+
+
+def _max_last(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """max over everything but the batch, as (batch, 1, 1, 1)."""
+    return x.reshape(batch, 1, 1, -1).max(dim=3, keepdim=True)[0]
+
+
+class DelegableGraph(nn.Module):
+    """`q`: QuantStudent.to_export() (quantized_decomposed Q/DQ ops, int8 weight buffers)."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+        self.register_buffer("mel_w", q.frontend.fe.mel.unsqueeze(-1).clone())
+        head = q.head
+        self.register_buffer("head_w", head.w_int8.float() * head.w_scale[:, None])
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        q, fe = self.q, self.q.frontend
+        b = wav.shape[0]
+        g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
+        spec = fe.dft_q(fe.dft(fe.in_q((wav / g).reshape(b, 1, -1))))  # QuantFrontend.spectrum
+        lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10))  # LogMel.log_power
+        peak = _max_last(lp, b).reshape(b, 1, 1)  # LogMel.normalise
+        mel = (torch.maximum(lp, peak - fe.fe.range) - peak) * (2.0 / fe.fe.range) + 1.0
+        x = q.in_q(mel)  # QuantStudent.classify
+        for conv, cq, rq in zip(q.convs, q.conv_q, q.relu_q):
+            x = rq(torch.relu(cq(conv(x))))
+        pooled = x.unsqueeze(-1).mean((2, 3), keepdim=True).reshape(b, -1)
+        return F.linear(q.pool_q(pooled), self.head_w, q.head.w_bias)
