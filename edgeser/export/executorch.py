@@ -19,6 +19,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeser.fileio import atomic_path
@@ -30,8 +31,11 @@ import json, torch
 from executorch.runtime import Runtime
 program = Runtime.get().load_program("{path}")
 classes = json.loads(program.load_method("edgeser_classes").execute([])[0])
+spec = json.loads(program.load_method("edgeser_input").execute([])[0])
 forward = program.load_method("forward")               # batch 1, {length}
-logits = forward.execute([torch.zeros(1, 32000)])[0]    # mono PCM in [-1, 1] at {sr} Hz
+audio = torch.zeros(1, 32000)                          # mono PCM in [-1, 1] at {sr} Hz
+pad = -audio.shape[1] % spec.get("multiple_of", 1)     # whole hops: zero-pad (the same logits)
+logits = forward.execute([torch.nn.functional.pad(audio, (0, pad))])[0]
 print(classes[int(logits[0].argmax())])
 ```'''
 USAGE_COREML = USAGE + "\nRuns on iOS 17+ / macOS 14+ with ExecuTorch's Core ML backend linked in."
@@ -81,11 +85,26 @@ def _exported(job, static: bool):
     from edgeser.quiet import quiet
 
     graph = DelegableGraph(job.qexport).eval()
-    x = example_batch(job.samples, 1)
+    step = graph.hop if graph.blocked_dft else 1
+    x = example_batch(-(-job.samples // step) * step, 1)
     rng = None if static else job.samples_range()
-    dyn = ({1: torch.export.Dim("samples", min=rng[0], max=rng[1])},) if rng else None
+    dyn = None
+    if rng and step > 1:  # whole hops: from the blocks one frame needs to the longest clip
+        dyn = ({1: step * torch.export.Dim("hops", min=graph.blocks, max=rng[1] // step)},)
+    elif rng:
+        dyn = ({1: torch.export.Dim("samples", min=rng[0], max=rng[1])},)
     with quiet(), size_oblivious():
-        return torch.export.export(graph, (x,), dynamic_shapes=dyn), x
+        return torch.export.export(graph, (x,), dynamic_shapes=dyn), x, step
+
+
+def program_meta(meta: dict, step: int) -> dict:
+    """The run's metadata, with the input spec saying the program takes whole hops (`multiple_of`)."""
+    if step <= 1 or "input" not in meta:
+        return dict(meta)
+    spec = json.loads(meta["input"]) | {
+        "multiple_of": step, "padding": f"zero-pad a clip to a multiple of {step} samples: the same frames, the same "
+                                        "logits (edgeser's runner does)"}
+    return dict(meta) | {"input": json.dumps(spec)}
 
 
 def constant_methods(meta: dict) -> dict:
@@ -131,9 +150,10 @@ def _lower(job, partitioner, static: bool = False):
     from edgeser.export.onnx_export import size_oblivious
     from edgeser.quiet import quiet
 
-    ep, _ = _exported(job, static)
+    ep, _, step = _exported(job, static)
     with quiet(), size_oblivious():  # the edge passes re-trace: without it they narrowed the length to 2401..20480
-        return to_edge_transform_and_lower(ep, partitioner=[partitioner], constant_methods=constant_methods(job.meta))
+        return to_edge_transform_and_lower(ep, partitioner=[partitioner],
+                                           constant_methods=constant_methods(program_meta(job.meta, step)))
 
 
 def export_xnnpack(job, path) -> dict:
@@ -194,10 +214,10 @@ def export_qnn(job, path) -> dict:
                                                          generate_qnn_executorch_compiler_spec,
                                                          to_edge_transform_and_lower_to_qnn)
 
-    ep, x = _exported(job, static=True)
+    ep, x, step = _exported(job, static=True)
     specs = generate_qnn_executorch_compiler_spec(soc_model=QcomChipset.SM8650,
                                                   backend_options=generate_htp_compiler_spec(use_fp16=False))
-    edge = to_edge_transform_and_lower_to_qnn(ep.module(), (x,), specs, constant_methods=constant_methods(job.meta))
+    edge = to_edge_transform_and_lower_to_qnn(ep.module(), (x,), specs, constant_methods=constant_methods(program_meta(job.meta, step)))
     d = delegation(edge)
     size = _write(edge, path)
     return {"status": "skipped", "reason": "built for Snapdragon (SM8650) HTP; the runtime is on the device",
@@ -242,12 +262,14 @@ def runner(path):
     state = {"forward": None}
 
     def run(x):
+        if multiple > 1 and x.shape[1] % multiple:  # whole hops (program_meta): zeros change no frame
+            x = np.pad(x, ((0, 0), (0, multiple - x.shape[1] % multiple)))
         if state["forward"] is None:
             if _POOL["threads"] is None:
                 _set_threads(1)
             _POOL["locked"] = True
             state["forward"] = program.load_method("forward")
-        return state["forward"].execute([torch.from_numpy(x)])[0].numpy().copy()
+        return state["forward"].execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy().copy()
 
     def set_threads(n):
         if not _set_threads(n):
@@ -256,6 +278,7 @@ def runner(path):
 
     meta = read_metadata(path)
     spec = json.loads(meta["input"]) if "input" in meta else {}
+    multiple = int(spec.get("multiple_of", 1))
     r = Runner(run, static_batch=1, set_threads=set_threads, min_samples=int(spec.get("min_samples", 1)))
     r.threads_note = None
     return r
