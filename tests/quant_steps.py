@@ -49,3 +49,26 @@ def onnx_head_steps(path) -> dict:
         w = w.T  # (classes, features)
     return {"logit_step": float(onnx_const(g, dq_in.input[1])) * float(np.abs(w).sum(1).max()),
             "output_scale": out_scale}
+
+
+TINY_CLASSES = ["a", "b", "c", "d"]
+
+
+def tiny_export_job(out, samples: int = 16000, calib=None):
+    """(the QAT student, an ExportJob for it in `out`): the tiny calibrated 4-class student, seeded, that the
+    runtime tests (OpenVINO, ExecuTorch, LiteRT) export through the registry."""
+    import json
+
+    import torch
+
+    from edgeser.formats import ExportJob
+    from edgeser.models.student import Student
+    from edgeser.quant.calibrate import calibrate
+    from edgeser.quant.qstudent import QuantStudent
+
+    torch.manual_seed(0)
+    q = QuantStudent(Student(len(TINY_CLASSES), [16, 16, 16, 16]).eval())
+    calibrate(q, torch.randn(16, samples) * 0.1, 2, 8)
+    meta = {"classes": json.dumps(TINY_CLASSES), "input": json.dumps({"min_samples": 801})}
+    return q, ExportJob(qexport=q.to_export(), fp32=None, samples=samples, opset=18, static_batch=None, meta=meta,
+                        classes=TINY_CLASSES, run_dir=out, out=out, calib=calib)

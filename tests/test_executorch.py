@@ -10,12 +10,9 @@ import pytest
 import torch
 
 from edgeser.export.onnx_export import export_onnx
-from edgeser.formats import REGISTRY, ExportJob, available, load_runner, resolve
-from edgeser.models.student import Student
-from edgeser.quant.calibrate import calibrate
-from edgeser.quant.qstudent import QuantStudent
+from edgeser.formats import REGISTRY, available, load_runner, resolve
 from edgeser.runtimes import onnx_runner
-from tests.quant_steps import MIN_RANGE_STEPS, logit_step
+from tests.quant_steps import MIN_RANGE_STEPS, logit_step, tiny_export_job
 
 ok, why = available("executorch-xnnpack")
 pytestmark = pytest.mark.skipif(not ok, reason=f"executorch runtime absent: {why}")
@@ -24,14 +21,7 @@ CLASSES = ["a", "b", "c", "d"]
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("et")
-    torch.manual_seed(0)
-    q = QuantStudent(Student(4, [16, 16, 16, 16]).eval())
-    calibrate(q, torch.randn(16, 16000) * 0.1, 2, 8)
-    qexport = q.to_export()
-    meta = {"classes": json.dumps(CLASSES), "input": json.dumps({"min_samples": 801})}
-    return ExportJob(qexport=qexport, fp32=None, samples=16000, opset=18, static_batch=None, meta=meta,
-                     classes=CLASSES, run_dir=out, out=out)
+    return tiny_export_job(tmp_path_factory.mktemp("et"))[1]
 
 
 def export(job, name):

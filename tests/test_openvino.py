@@ -9,12 +9,9 @@ import pytest
 import torch
 
 from edgeser.export.onnx_export import export_onnx
-from edgeser.formats import REGISTRY, ExportJob, available, load_runner, resolve
-from edgeser.models.student import Student
-from edgeser.quant.calibrate import calibrate
-from edgeser.quant.qstudent import QuantStudent
+from edgeser.formats import REGISTRY, available, load_runner, resolve
 from edgeser.runtimes import onnx_runner
-from tests.quant_steps import MIN_RANGE_STEPS, logit_step
+from tests.quant_steps import MIN_RANGE_STEPS, logit_step, tiny_export_job
 
 ok, why = available("openvino")
 pytestmark = pytest.mark.skipif(not ok, reason=f"openvino runtime absent: {why}")
@@ -22,15 +19,8 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"openvino runtime absent: {why}"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ov")
-    torch.manual_seed(0)
-    q = QuantStudent(Student(4, [16, 16, 16, 16]).eval())
-    calibrate(q, torch.randn(16, 16000) * 0.1, 2, 8)
-    qexport = q.to_export()
-    meta = {"classes": json.dumps(["a", "b", "c", "d"]), "input": json.dumps({"min_samples": 801})}
-    job = ExportJob(qexport=qexport, fp32=None, samples=16000, opset=18, static_batch=None, meta=meta,
-                    classes=["a", "b", "c", "d"], run_dir=out, out=out)
-    export_onnx(qexport, 16000, job.path("onnx-int8"), meta=meta)
+    q, job = tiny_export_job(tmp_path_factory.mktemp("ov"))
+    export_onnx(job.qexport, 16000, job.path("onnx-int8"), meta=job.meta)
     f = REGISTRY["openvino"]
     rec = resolve(f.export)(job, job.path("openvino"), *[job.path(n) for n in f.needs])
     return q, job, rec

@@ -9,12 +9,9 @@ import pytest
 import torch
 
 from edgeser.export.onnx_export import export_onnx
-from edgeser.formats import REGISTRY, ExportJob, available, load_runner, resolve
-from edgeser.models.student import Student
-from edgeser.quant.calibrate import calibrate
-from edgeser.quant.qstudent import QuantStudent
+from edgeser.formats import REGISTRY, available, load_runner, resolve
 from edgeser.runtimes import onnx_runner
-from tests.quant_steps import MIN_RANGE_STEPS, logit_step
+from tests.quant_steps import MIN_RANGE_STEPS, logit_step, tiny_export_job
 
 ok, why = available("tflite-int8")
 pytestmark = pytest.mark.skipif(not ok, reason=f"LiteRT absent: {why}")
@@ -25,14 +22,10 @@ SAMPLES = 16000
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("tflite")
-    torch.manual_seed(0)
-    q = QuantStudent(Student(4, [16, 16, 16, 16]).eval())
-    calibrate(q, torch.randn(16, SAMPLES) * 0.1, 2, 8)
-    qexport = q.to_export()
-    meta = {"classes": json.dumps(CLASSES), "input": json.dumps({"min_samples": 801})}
-    job = ExportJob(qexport=qexport, fp32=None, samples=SAMPLES, opset=18, static_batch=None, meta=meta,
-                    classes=CLASSES, run_dir=out, out=out, calib=(torch.randn(4, SAMPLES) * 0.1).numpy())
-    export_onnx(qexport, SAMPLES, job.path("onnx-int8"), meta=meta)
+    q, job = tiny_export_job(out, SAMPLES)
+    torch.manual_seed(1)
+    job.calib = (torch.randn(4, SAMPLES) * 0.1).numpy()
+    export_onnx(job.qexport, SAMPLES, job.path("onnx-int8"), meta=job.meta)
     f = REGISTRY["tflite-int8"]
     rec = resolve(f.export)(job, job.path("tflite-int8"))
     return q, job, rec
