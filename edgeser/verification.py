@@ -37,6 +37,11 @@ def verify_artifact(rec: dict, run_dir, audio, y: np.ndarray, classes, ref_logit
         return out | {"status": "failed", "reason": f"cannot run: {type(e).__name__}: {e}"}
     m = classification_metrics(y, logits.argmax(1), classes)
     reason = fmt.note
+    if fmt.runtime in ("onnxruntime", "qnn") and fmt.precision == "int8":
+        from edgeser.cpu_quirks import ort_int8_saturation
+
+        quirk = ort_int8_saturation()
+        reason = "; ".join(r for r in (reason, quirk) if r) or None
     if runner.fixed_samples:  # a static-shape graph: the runner slides its window (edgeser.runtimes.Runner)
         reason = ((reason + "; ") if reason else "") + (
             f"fixed window of {runner.fixed_samples} samples, slid over longer input at half a window's hop with "

@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeser.cpu_quirks import ort_int8_saturation
+
+# Tests that need onnxruntime's INT8 kernels to compute their QDQ definition (gates at 0.99 agreement, tolerances
+# of a few int8 steps). On x86 CPUs without VNNI they saturate (edgeser/cpu_quirks.py): skipped, with the reason.
+ORT_INT8_EXACT = pytest.mark.skipif(ort_int8_saturation() is not None, reason=str(ort_int8_saturation()))
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 TINY = {

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from edgeser.cli import app
 from edgeser.runtimes import qnn_available
+from tests.conftest import ORT_INT8_EXACT
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/hexagon-npu.yaml"
@@ -45,6 +46,7 @@ def hexagon_run(tmp_path_factory):
 
 
 @pytest.mark.timeout(900)
+@ORT_INT8_EXACT
 def test_hexagon_recipe_runs_with_its_target_formats_and_gates(hexagon_run):
     shipped = yaml.safe_load(RECIPE.read_text())
     run_dir, res, report = hexagon_run
@@ -105,6 +107,7 @@ def test_hexagon_recipe_runs_with_its_target_formats_and_gates(hexagon_run):
 
 
 @pytest.mark.timeout(600)
+@ORT_INT8_EXACT
 def test_hexagon_run_verifies(hexagon_run):
     """`edgeser verify` re-checks the static-batch run, the simulator's qnn-htp included."""
     run_dir, _, _ = hexagon_run
@@ -116,6 +119,7 @@ def test_hexagon_run_verifies(hexagon_run):
     assert ("FAIL" not in out) if qnn else ("FAIL gated artifact [qnn-htp]: skipped" in out)
 
 
+@ORT_INT8_EXACT
 def test_verify_one_artifact_of_a_run_gating_two(hexagon_run):
     """--artifact X gates X alone: the other entries of verify.gate_artifacts are not reported 'not exported'."""
     run_dir, _, _ = hexagon_run

@@ -15,6 +15,7 @@ from edgeser.export.ptq import frontend_nodes, ptq_quantize
 from edgeser.export.tensorrt import check_tensorrt_rules
 from edgeser.models.student import Student
 from tests.quant_steps import MIN_RANGE_STEPS, onnx_head_steps
+from tests.conftest import ORT_INT8_EXACT
 
 SAMPLES = 16000
 # the dynamic time axis is legal for TensorRT with an optimisation profile covering it
@@ -48,6 +49,7 @@ def ptq(tmp_path_factory):
     return model, src, out, info
 
 
+@ORT_INT8_EXACT
 def test_ptq_runs_and_agrees_with_fp32(ptq):
     model, src, out, info = ptq
     x = _clips(32, 2)

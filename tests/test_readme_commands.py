@@ -18,6 +18,7 @@ from typer._click.exceptions import MissingParameter  # typer vendors click
 from typer.testing import CliRunner
 
 from edgeser.cli import app
+from tests.conftest import ORT_INT8_EXACT
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -110,6 +111,7 @@ def _repo_path(argv: list[str]) -> list[str]:
     return [str(REPO / a) if a.startswith(REPO_DIRS) else a for a in argv]
 
 
+@ORT_INT8_EXACT
 def test_readme_commands_run_from_another_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # compress, as in the README (its --set and --out kept), with tiny sizes; then --resume skips every stage

@@ -10,6 +10,7 @@ import torch
 
 from edgeser.models.io import load_student, load_teacher
 from edgeser.quant.calibrate import load_qat
+from tests.conftest import ORT_INT8_EXACT
 
 
 def _metrics(run_dir, stage):
@@ -103,6 +104,7 @@ def _ref_logits(run_dir, test):
 FLOAT_ORDER = 1e-5
 
 
+@ORT_INT8_EXACT
 def test_artifacts_match_their_reference_as_designed(tiny_run, tiny_corpus):
     """Each artifact against the PyTorch model it was exported from, to what the design guarantees:
     - torchscript, pt2: the QAT model's graph with the fake-quant formulas replaced by the identical Q/DQ ops

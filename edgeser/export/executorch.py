@@ -181,9 +181,12 @@ def export_coreml(job, path) -> dict:
     ok, why = available()
     if not ok:
         return {"status": "skipped", "reason": why, "path": None}
-    import coremltools as ct
-    from executorch.backends.apple.coreml.compiler import CoreMLBackend
-    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+    from edgeser.quiet import quiet
+
+    with quiet():  # coremltools logs a warning per missing macOS-only proxy on import
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
     specs = CoreMLBackend.generate_compile_specs(minimum_deployment_target=ct.target.iOS17,
                                                  compute_precision=ct.precision.FLOAT16)
