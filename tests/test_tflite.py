@@ -119,3 +119,18 @@ def test_int8_io_uses_the_tensors_own_scale_and_zero_point():
     assert dequantise(qx, d).tolist() == [[0.0, 1.0, -1.5, 65.0, -62.5]]
     f = {"dtype": np.float32, "quantization": (0.0, 0)}
     assert quantise(x, f).dtype == np.float32 and np.array_equal(dequantise(x, f), x)
+
+
+def test_model_card_states_the_io_quantisation_and_tflm(exported, tmp_path):
+    from edgeser.export.model_card import write_model_card
+
+    _, job, rec = exported
+    meta = job.meta | {"edgeser_version": "0", "recipe_sha256": "0" * 64, "sample_rate": "16000", "length": "any"}
+    card = tmp_path / "README.md"
+    write_model_card(card, [{"name": "tflite-int8", "precision": "int8", "status": "exported",
+                             "path": "student_int8.tflite", **rec}], meta, tmp_path)
+    text = card.read_text()
+    io = rec["checks"]["tflite"]["io"]
+    assert f"| model input | {io['input']['dtype']} | {io['input']['scale']} |" in text
+    assert "TFLite Micro: every op is in its op resolver" in text
+    assert any(f"{b['scale']:.6g}" in text for b in io["int8_boundaries"] if isinstance(b["scale"], float))

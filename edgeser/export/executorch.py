@@ -169,7 +169,9 @@ def export_xnnpack(job, path) -> dict:
     status, reason = ("exported", None) if d["whole_graph"] else (
         "failed", f"XNNPACK did not take the whole graph: {d['ops_outside_delegate']} outside "
                   f"{d['delegate_calls']} delegate(s)")
-    return {"status": status, "reason": reason, "checks": {"executorch": {
+    card = [f"XNNPACK delegate: {d['delegate_calls']} delegate call(s), {d['delegated_nodes']} nodes delegated, "
+            f"{d['non_delegated_nodes']} not (the delegate's output unpacking); the QAT model's own int8 scales."]
+    return {"card": card, "status": status, "reason": reason, "checks": {"executorch": {
         "backend": "XnnpackBackend", "quantisation": "the QAT model's Q/DQ scales (zero point 0, per-channel "
                                                     "weights), carried over", "bytes": size, **d}}}
 

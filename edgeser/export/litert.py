@@ -523,11 +523,19 @@ def export_artifact(job, path) -> dict:
     data = with_metadata(data, meta)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-    return {"reason": (f"fixed window of {job.samples} samples, batch 1 (litert-torch converts no dynamic "
+    tflm = tflm_check(model)
+    card = ["| tensor | dtype | scale | zero point |", "|---|---|---|---|",
+            *(f"| model {k} | {io[k]['dtype']} | {io[k]['scale']} | {io[k]['zero_point']} |" for k in ("input", "output")),
+            *(f"| {b['op'].lower()} {b['shape']} | {b['dtype']} | {b['scale']:.6g} | {b['zero_point']} |"
+              for b in io["int8_boundaries"] if isinstance(b["scale"], float)), "",
+            "TFLite Micro: " + ("every op is in its op resolver, all shapes static" if tflm["tflm_compatible"] else
+                                f"not runnable as is (unsupported: {', '.join(tflm['unsupported']) or '-'}; "
+                                f"static shapes: {tflm['static_shapes']})") + "."]
+    return {"card": card, "reason": (f"fixed window of {job.samples} samples, batch 1 (litert-torch converts no dynamic "
                        "length of this graph): slid over longer input, shorter input tiled"),
             "checks": {"tflite": {
                 "converter": "litert-torch", "runtime": "ai-edge-litert Interpreter, XNNPACK delegate",
                 "quantisation": "the QAT model's Q/DQ scales (symmetric, zero point 0, per-channel int8 weights), "
                                 "carried over", "bytes": len(data), "fixed_samples": job.samples, "batch": 1,
-                "io": io, **work_ops(model), "tflm": tflm_check(model),
+                "io": io, **work_ops(model), "tflm": tflm,
                 "parity": _parity(data, job.qexport, _check_clips(job))}}}

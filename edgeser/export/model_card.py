@@ -77,4 +77,5 @@ def write_model_card(path, records: list[dict], meta: dict, run_dir) -> None:
         lines += [resolve(REGISTRY[r["name"]].usage).format(path=where, sr=meta["sample_rate"], length=meta["length"],
                                           script=checks.get("trtexec_script", "build_engine.sh"),
                                           side=checks.get("metadata_file", "student_int8.json")), ""]
+        lines += [*r.get("card", []), ""] if r.get("card") else []  # what the exporter says of its file
     write_text(path, "\n".join(lines))
