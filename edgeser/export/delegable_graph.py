@@ -34,6 +34,21 @@ from edgeser.models.frontend import LEVEL_FLOOR
 from edgeser.quant.ops import QD
 
 
+def dequantised(m) -> torch.Tensor:
+    """The int8 weights of a frozen QConv1d / QLinear times their scales: exactly the values it dequantises."""
+    return m.w_int8.float() * m.w_scale.reshape(-1, *([1] * (m.w_int8.dim() - 1)))
+
+
+def blocked_dft_weight(dft, hop: int) -> torch.Tensor:
+    """The DFT conv's int8 weights (2F, 1, K) at stride `hop` as a stride-1 conv over (hop channels, blocks):
+    (2F, hop, ceil(K / hop)), the taps zero-padded to whole blocks."""
+    k = dft.w_int8.shape[-1]
+    taps = -(-k // hop)
+    w = torch.zeros(dft.w_int8.shape[0], taps * hop, dtype=torch.int8)
+    w[:, :k] = dft.w_int8[:, 0]
+    return w.reshape(-1, taps, hop).transpose(1, 2).contiguous()
+
+
 def _max_last(x: torch.Tensor, batch: int) -> torch.Tensor:
     """max over everything but the batch, as (batch, 1, 1, 1)."""
     return x.reshape(batch, 1, 1, -1).max(dim=3, keepdim=True)[0]
@@ -51,11 +66,8 @@ class DelegableGraph(nn.Module):
         self.hop, self.blocks = hop, -(-k // hop)
         self.blocked_dft = k % hop == 1  # padding to whole hops adds no frame (see the module docstring)
         if self.blocked_dft:
-            w = torch.zeros(dft.w_int8.shape[0], self.blocks * hop, dtype=torch.int8)
-            w[:, :k] = dft.w_int8[:, 0]
-            self.register_buffer("dft_w_blocks", w.reshape(-1, self.blocks, hop).transpose(1, 2).contiguous())
-        head = q.head
-        self.register_buffer("head_w", head.w_int8.float() * head.w_scale[:, None])
+            self.register_buffer("dft_w_blocks", blocked_dft_weight(dft, hop))
+        self.register_buffer("head_w", dequantised(q.head))
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         q, fe = self.q, self.q.frontend

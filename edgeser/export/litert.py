@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeser.export.delegable_graph import blocked_dft_weight, dequantised
 from edgeser.fileio import atomic_path
 
 META_PREFIX = "edgeser_"
@@ -130,11 +131,6 @@ def _qdq_weight(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch
     return QD.dequantize_per_channel(q, scale, zp, 0, -127, 127, torch.int8)
 
 
-def _float_weight(m) -> torch.Tensor:
-    """The int8 weights of a frozen QConv1d / QLinear times their scales: exactly the values it dequantises."""
-    return m.w_int8.float() * m.w_scale.reshape(-1, *([1] * (m.w_int8.dim() - 1)))
-
-
 class LiteRTGraph(nn.Module):
     """`q`: QuantStudent.to_export(). The same maths, Q/DQ ops and scales, op for op, for a fixed `samples`:
 
@@ -154,11 +150,11 @@ class LiteRTGraph(nn.Module):
         self.frames = (self.samples - k) // self.hop + 1
         if self.frames < 1:
             raise ValueError(f"{samples} samples is shorter than one analysis frame ({k})")
-        w = F.pad(_float_weight(fe.dft)[:, 0], (0, self.taps * self.hop - k))  # (2F, taps * hop)
-        self.register_buffer("dft_w", w.reshape(len(w), self.taps, self.hop).transpose(1, 2).contiguous())
+        blocks = blocked_dft_weight(fe.dft, self.hop)  # (2F, hop, taps)
+        self.register_buffer("dft_w", blocks.float() * fe.dft.w_scale[:, None, None])
         for i, conv in enumerate(q.convs):
-            self.register_buffer(f"conv{i}_w", _float_weight(conv))
-        self.register_buffer("head_w", _float_weight(q.head))
+            self.register_buffer(f"conv{i}_w", dequantised(conv))
+        self.register_buffer("head_w", dequantised(q.head))
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """(B, samples) peak-levelled waveform -> (B, 2F, frames) INT8 DFT outputs (QuantFrontend.spectrum)."""
