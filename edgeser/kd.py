@@ -11,6 +11,7 @@ Every function takes explicit arguments: no recipe sections, no run context.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from edgeser import distributed as dist
 from edgeser.checkpoint import Stochastic, generators
-from edgeser.data.dataset import Corpus, Split, random_crops
+from edgeser.data.dataset import Corpus, Split
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.io import load_teacher
 from edgeser.models.student import Student
@@ -38,14 +39,47 @@ class KDSet:
     views: int  # augmented copies of the train split
 
 
-def kd_views(train: Split, views: int, augment_fn, seed: int = 0) -> Split:
+VIEW_CHUNK = 512  # rows augmented at once: bounds the memory of making views, whatever the corpus size
+
+
+def kd_views(train: Split, views: int, augment_fn, seed: int = 0, store=None, key: str = "") -> Split:
     """The train split followed by `views` augmented copies (deterministic for the recipe's seed); where the
-    split keeps whole utterances (data.train_crops: random), each copy is a new random crop of them."""
-    gen, idx = torch.Generator().manual_seed(seed), torch.arange(len(train.y))
-    crop = (lambda: train.x) if train.full is None else (lambda: random_crops(train.full, idx, train.x.shape[1], gen))
-    xs = [train.x] + [augment_fn(crop()) for _ in range(views)]
+    split keeps whole utterances (data.train_crops: random), each copy is a new random crop of them. Copies are
+    made VIEW_CHUNK rows at a time. With `store` (data/store.py) they are written to its views/<hash>.npy once
+    (`key` names the augmentation settings) and read from there a batch at a time; without, held in memory."""
+    from edgeser.data.dataset import crop_starts, read_crops, utterance_lengths
+    from edgeser.data.rows import RowFile, Stack, rows_digest
+
+    gen, n, rows = torch.Generator().manual_seed(seed), train.x.shape[1], len(train.y)
+    lengths = None if train.full is None else utterance_lengths(train.full)
+
+    def chunks():
+        for _ in range(views):
+            for a in range(0, rows, VIEW_CHUNK):
+                idx = torch.arange(a, min(rows, a + VIEW_CHUNK))
+                x = (train.x[idx] if train.full is None else
+                     read_crops(train.full, idx, crop_starts(lengths, idx, n, gen), n))
+                yield augment_fn(x)
+
     target = None if train.target is None else train.target.repeat(views + 1, 1)
-    return Split(torch.cat(xs), train.y.repeat(views + 1), train.speakers * (views + 1), target=target)
+    y, speakers = train.y.repeat(views + 1), list(train.speakers) * (views + 1)
+    if store is None or views == 0:
+        x = torch.cat([train.x if isinstance(train.x, torch.Tensor) else train.x[:], *chunks()])
+        return Split(x, y, speakers, target=target)
+    digest = hashlib.sha256(f"{rows_digest(train.x)}:{views}:{seed}:{key}:{VIEW_CHUNK}".encode()).hexdigest()
+    path = store.view_path(digest)
+    if not path.is_file():
+        from edgeser.data.store import RowWriter
+
+        w = RowWriter(path, rows * views, n)
+        try:
+            for x in chunks():
+                w.write(x)
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+    return Split(Stack([train.x, RowFile(path, digest)]), y, speakers, target=target)
 
 
 def view_count(aug_views: int, min_kd_rows: int, n_train: int) -> int:
@@ -68,17 +102,23 @@ def _file_sha(path: Path) -> str:
 
 
 def kd_set(corpus: Corpus, teacher_path: Path, cache: Path, *, views: int, augment_fn: Callable, seed: int,
-           augment_key: str, hint_layers: list[int]) -> KDSet:
+           augment_key: str, hint_layers: list[int], store=None) -> KDSet:
     """The KD set of `corpus` for the teacher at teacher_path. `cache`: the logits file (read, or written by
     rank 0 when missing or made for other inputs); `augment_key` names the augmentation settings in its key.
+    `store` (data/store.py): the augmented views are written there and read a batch at a time (kd_views).
     Under torchrun every rank makes the same views and reads rank 0's logits."""
     x0 = corpus.splits["train"]
-    key = (f"{_file_sha(teacher_path)}:{views}:{seed}:{len(x0.y) * (views + 1)}:{augment_key}:{list(hint_layers)}"
-           ":val")
+    from edgeser.data.rows import rows_digest
+
+    # the train audio by content (store keys, or the tensor's bytes), so other clips of the same count re-run it
+    key = (f"{_file_sha(teacher_path)}:{rows_digest(x0.x)}:{views}:{seed}:{len(x0.y) * (views + 1)}:"
+           f"{augment_key}:{list(hint_layers)}:val")
     memo = _MEMO.get(key)
     if memo is not None and memo[0] is corpus and memo[1] == Path(cache) and Path(cache).is_file():
         return memo[2]
-    train = kd_views(x0, views, augment_fn, seed)
+    if store is not None:  # under torchrun rank 0 writes the views file; the others then read it
+        dist.on_main(lambda: kd_views(x0, views, augment_fn, seed, store, augment_key) and None)
+    train = kd_views(x0, views, augment_fn, seed, store, augment_key)
     blob = None
     if dist.is_main():  # under torchrun rank 0 reads or (re)computes the cache; the others then read its file
         blob = load_state(cache) if cache.is_file() else None

@@ -40,11 +40,13 @@ def stage_key(stage: str, sections: dict, seed: int, upstream: dict | None) -> s
 
 def corpus_digest(corpus) -> str:
     """The loaded audio, labels and speakers of every split: the data stage's real output."""
+    from edgeser.data.rows import rows_digest
+
     h = hashlib.sha256(json.dumps(corpus.classes).encode())
     for name in sorted(corpus.splits):
         s = corpus.splits[name]
         h.update(name.encode())
-        h.update(s.x.contiguous().numpy().tobytes())
+        h.update(rows_digest(s.x).encode())  # stored clips by their content keys, tensors by their bytes
         h.update(s.y.numpy().tobytes())
         h.update(json.dumps(list(s.speakers)).encode())
         if getattr(s, "target", None) is not None:  # vote distributions (data.labels: soft)

@@ -62,7 +62,7 @@ def verify_run(run_dir: Path, *, artifact: str | None = None, data: Path | None 
         if not manifest_csv.is_file():
             raise InputError(f"the data manifest this run recorded, {recorded!r}, is not at {manifest_csv} (relative "
                               f"paths are read from the run folder {run_dir}); pass the held-out data with --data FILE")
-        corpus = load_corpus(manifest_csv, data_cfg)
+        corpus = load_corpus(manifest_csv, data_cfg, store=recorded_store(run_dir, stage["data"], data_cfg))
         classes, test = corpus.classes, corpus.splits["test"]
         clips = {"source": str(manifest_csv), "split": "held-out speakers", "scored": int(len(test.y)),
                  "skipped": dict(corpus.skipped), "speakers": sorted(set(test.speakers))}
@@ -92,3 +92,17 @@ def write_junit(path: Path, result: dict) -> None:
     root = ET.Element("testsuites")
     root.append(suite)
     write_text(path, '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
+
+
+def recorded_store(run_dir: Path, data_metrics: dict, data_cfg):
+    """The audio store the run's data stage used, when it is still there and writable (a run folder copied
+    without its store is verified from memory)."""
+    from edgeser.data.store import AudioStore
+
+    recorded = (data_metrics.get("store") or {}).get("path")
+    if not recorded or not run_path(run_dir, recorded).is_dir():
+        return None
+    try:
+        return AudioStore(run_path(run_dir, recorded), data_cfg.sample_rate)
+    except InputError:
+        return None

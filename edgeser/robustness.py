@@ -1,6 +1,6 @@
 """The robustness suite of `verify`: the held-out clips played the way users play them, not as the corpus has them.
 
-Cases (each a function of the held-out waveforms):
+Cases (each a function of the held-out waveforms, made a chunk of clips at a time when run):
     gain      -40, -30, -20, -10, 0 and +6 dB (clipped at full scale)           gated
     noise     white and babble noise at SNR 20, 10 and 5 dB                      reported, not gated
     dc        a DC offset of 0.05 full scale                                     reported
@@ -35,7 +35,40 @@ class Case:
     kind: str  # gain | noise | dc | band | length
     value: object
     gated: bool
-    audio: np.ndarray | list  # (N, samples) float32, or a list of whole utterances of different lengths
+    # (N, samples) float32; a list (or rows.Utterances) of whole utterances of different lengths; or a Perturbed
+    # set, made a chunk of clips at a time when it is run (the held-out set need not fit in memory)
+    audio: object
+
+
+CHUNK = 256  # held-out clips perturbed and run at a time
+
+
+def _as_array(x) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x, np.float32)
+
+
+class Perturbed:
+    """fn(clips, rows) of the held-out clips `x` (an array, a tensor or rows.Clips), made CHUNK clips at a time
+    when run (run_audio); `rows` are the clips' indices in x, so a clip's noise is the same in any subset."""
+
+    def __init__(self, x, fn, rows: np.ndarray | None = None):
+        self.x, self.fn = x, fn
+        self.rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> "Perturbed":
+        return Perturbed(self.x, self.fn, self.rows[np.asarray(idx)])
+
+    def numpy(self) -> np.ndarray:
+        """Every clip at once (tests, small sets)."""
+        return np.concatenate(list(self.chunks()))
+
+    def chunks(self):
+        for a in range(0, len(self.rows), CHUNK):
+            rows = self.rows[a : a + CHUNK]
+            yield np.ascontiguousarray(self.fn(_as_array(self.x[rows]), rows), dtype=np.float32)
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -46,14 +79,22 @@ def _at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return np.clip(x + noise * (_rms(x) / _rms(noise)) * 10 ** (-snr_db / 20), -1, 1).astype(np.float32)
 
 
-def babble(x: np.ndarray, rng: np.random.Generator, talkers: int = 4) -> np.ndarray:
-    """Each clip's babble: `talkers` other held-out clips, circularly shifted and summed."""
-    n = len(x)
-    out = np.zeros_like(x, dtype=np.float64)
-    for _ in range(talkers):
-        others = (np.arange(n) + rng.integers(1, max(2, n))) % n
-        out += np.roll(x[others], int(rng.integers(0, x.shape[1])), axis=1)
+def babble(x, rows: np.ndarray, seed: int, talkers: int = 4) -> np.ndarray:
+    """Each clip's babble: `talkers` other held-out clips of x, circularly shifted and summed (clip i's from a
+    generator seeded by (seed, i))."""
+    n, width = len(x), x.shape[1]
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for j, i in enumerate(rows):
+        rng = np.random.default_rng([seed, 2, int(i)])
+        others = (int(i) + rng.integers(1, max(2, n), talkers)) % n
+        for o, shift in zip(others, rng.integers(0, width, talkers)):
+            out[j] += np.roll(_as_array(x[[int(o)]])[0], int(shift))
     return out.astype(np.float32)
+
+
+def white(rows: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Clip i's white noise from a generator seeded by (seed, i)."""
+    return np.stack([np.random.default_rng([seed, 1, int(i)]).standard_normal(width) for i in rows]).astype(np.float32)
 
 
 def telephone(x: np.ndarray, sr: int) -> np.ndarray:
@@ -74,26 +115,38 @@ def with_length(x: np.ndarray, factor: float) -> np.ndarray:
     return np.tile(x, (1, -(-m // n)))[:, :m]
 
 
-def cases(x: np.ndarray, sr: int, full: list | None = None, seed: int = 0) -> list[Case]:
-    rng = np.random.default_rng(seed)
-    out = [Case(f"gain {g:+d} dB", "gain", g, True, np.clip(x * 10 ** (g / 20), -1, 1).astype(np.float32))
-           for g in GAINS_DB]
-    white = rng.standard_normal(x.shape).astype(np.float32)
-    bab = babble(x, rng)
-    for kind, noise in (("white", white), ("babble", bab)):
-        out += [Case(f"{kind} noise SNR {s} dB", "noise", f"{kind} {s} dB", False, _at_snr(x, noise, s))
-                for s in SNRS_DB]
-    out.append(Case(f"DC offset {DC_OFFSET:g}", "dc", DC_OFFSET, False, np.clip(x + DC_OFFSET, -1, 1)))
-    out.append(Case("telephone band 300-3400 Hz", "band", "300-3400 Hz", False, telephone(x, sr)))
-    out += [Case(f"length {f:g}x", "length", f, True, with_length(x, f)) for f in LENGTHS]
+def cases(x, sr: int, full=None, seed: int = 0) -> list[Case]:
+    """The suite's cases of the held-out clips x ((N, samples): an array, a tensor or rows.Clips), each made
+    when it runs (Perturbed); `full`: their whole utterances, when lengths vary."""
+    width = x.shape[1]
+
+    def case(name, kind, value, gated, fn):
+        return Case(name, kind, value, gated, Perturbed(x, fn))
+
+    out = [case(f"gain {g:+d} dB", "gain", g, True,
+                lambda c, r, g=g: np.clip(c * 10 ** (g / 20), -1, 1)) for g in GAINS_DB]
+    noises = (("white", lambda c, r: white(r, width, seed)), ("babble", lambda c, r: babble(x, r, seed)))
+    for kind, noise in noises:
+        out += [case(f"{kind} noise SNR {s} dB", "noise", f"{kind} {s} dB", False,
+                     lambda c, r, s=s, noise=noise: _at_snr(c, noise(c, r), s)) for s in SNRS_DB]
+    out.append(case(f"DC offset {DC_OFFSET:g}", "dc", DC_OFFSET, False, lambda c, r: np.clip(c + DC_OFFSET, -1, 1)))
+    out.append(case("telephone band 300-3400 Hz", "band", "300-3400 Hz", False, lambda c, r: telephone(c, sr)))
+    out += [case(f"length {f:g}x", "length", f, True, lambda c, r, f=f: with_length(c, f)) for f in LENGTHS]
     if full is not None:
-        out.append(Case("whole utterances", "length", "whole", True, [w.astype(np.float32) for w in full]))
+        out.append(Case("whole utterances", "length", "whole", True, full))
     return out
 
 
 def run_audio(runner, audio) -> np.ndarray:
-    """Logits of a (N, samples) array of clips, or of a list of whole utterances of different lengths."""
-    return runner.run_each(audio) if isinstance(audio, list) else runner(audio)
+    """Logits of held-out audio: a (N, samples) array of clips; clips read a chunk at a time (a tensor,
+    rows.Clips, or a Perturbed case); or whole utterances of different lengths (a list, rows.Utterances)."""
+    if isinstance(audio, np.ndarray):
+        return runner(audio)
+    if isinstance(audio, Perturbed):
+        return np.concatenate([runner(c) for c in audio.chunks()])
+    if hasattr(audio, "shape"):  # rows of equal length
+        return np.concatenate([runner(_as_array(audio[a : a + CHUNK])) for a in range(0, len(audio), CHUNK)])
+    return runner.run_each(audio)
 
 
 @dataclass
@@ -110,7 +163,7 @@ class Suite:
 
     @classmethod
     def build(cls, x, y, classes, ref_runner, sr: int = 16000, full=None, seed: int = 0) -> "Suite":
-        suite = cls(np.asarray(y), list(classes), cases(np.asarray(x, np.float32), sr, full, seed))
+        suite = cls(np.asarray(y), list(classes), cases(x, sr, full, seed))
         suite.ref_pred = {c.name: run_audio(ref_runner, c.audio).argmax(1) for c in suite.cases}
         return suite
 
@@ -126,7 +179,7 @@ class Suite:
             if gated_only and (not c.gated or (static and c.kind == "length")):
                 continue
             audio = c.audio if idx is None else (
-                [c.audio[i] for i in idx] if isinstance(c.audio, list) else c.audio[idx])
+                c.audio[idx] if isinstance(c.audio, (np.ndarray, Perturbed)) else [c.audio[i] for i in idx])
             p = preds[c.name] = run_audio(runner, audio).argmax(1)
             ref, y = (self.ref_pred[c.name], self.y) if idx is None else (self.ref_pred[c.name][idx], self.y[idx])
             if on_case:

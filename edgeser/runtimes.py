@@ -49,18 +49,21 @@ class Runner:
     def run_each(self, clips: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Logits of clips of different lengths (whole utterances): equal lengths are batched together."""
         out: list = [None] * len(clips)
-        for idx in length_groups(clips):
-            logits = self(np.stack([clips[i] for i in idx]).astype(np.float32), batch_size)
-            for i, row in zip(idx, logits):
-                out[i] = row
+        for group in length_groups(clips):
+            for a in range(0, len(group), 256):  # at most 256 utterances read at a time
+                idx = group[a : a + 256]
+                logits = self(np.stack([clips[i] for i in idx]).astype(np.float32), batch_size)
+                for i, row in zip(idx, logits):
+                    out[i] = row
         return np.stack(out)
 
 
 def length_groups(clips) -> list[list[int]]:
     """Indices of the clips grouped by length, so equal lengths run as one batch."""
     by_len: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_len.setdefault(len(c), []).append(i)
+    lengths = clips.lengths if hasattr(clips, "lengths") else [len(c) for c in clips]  # rows.Utterances: no reads
+    for i, m in enumerate(lengths):
+        by_len.setdefault(int(m), []).append(i)
     return list(by_len.values())
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from edgeser import distributed as dist
-from edgeser.data.dataset import random_crops
+from edgeser.data.dataset import crop_starts, utterance_lengths
+from edgeser.data.loader import read_batches
 from edgeser.metrics import classification_metrics
 from edgeser.recipe import Train
 
@@ -40,13 +41,19 @@ def predict_split(model, split, batch_size: int = 64) -> torch.Tensor:
     """Logits of a split: its whole utterances when it has them (equal lengths batched), else its clips."""
     if getattr(split, "full", None) is None:
         return predict(model, split.x, batch_size)
-    from edgeser.runtimes import length_groups
+    from edgeser.data.dataset import utterance_lengths
 
-    out: list = [None] * len(split.full)
-    for idx in length_groups(split.full):
-        logits = predict(model, torch.from_numpy(np.stack([split.full[i] for i in idx])), batch_size)
-        for i, row in zip(idx, logits):
-            out[i] = row
+    lengths = utterance_lengths(split.full)
+    out: list = [None] * len(lengths)
+    by_len: dict[int, list[int]] = {}
+    for i, m in enumerate(lengths.tolist()):
+        by_len.setdefault(m, []).append(i)
+    for group in by_len.values():  # equal lengths batched, batch_size utterances read at a time
+        for a in range(0, len(group), batch_size):
+            idx = group[a : a + batch_size]
+            logits = predict(model, torch.from_numpy(np.stack([split.full[i] for i in idx])), batch_size)
+            for i, row in zip(idx, logits):
+                out[i] = row
     return torch.stack(out)
 
 
@@ -166,7 +173,8 @@ def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> lis
 
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
         params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
-        extra=None, checkpoint=None, select: Callable | None = None, keep_initial: bool = True) -> dict:
+        extra=None, checkpoint=None, select: Callable | None = None, keep_initial: bool = True,
+        workers: int = 0) -> dict:
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
@@ -176,9 +184,11 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     `select(model) -> float`: what the kept weights maximise instead of val UA, the untrained model (epoch 0)
     included; QAT keeps the epoch whose outputs are closest to its FP32 student's (stages.qat.fidelity).
     `keep_initial=False`: the model as it came in is no candidate (a freshly initialised student: its
-    near-uniform outputs can sit closer to an uncertain teacher than any trained epoch).
+    near-uniform outputs can sit closer to an uncertain teacher than any trained epoch). `workers`: DataLoader
+    processes reading the batches (data.workers; data/loader.py).
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
+    lengths = None if train.full is None else utterance_lengths(train.full)
     gen = torch.Generator().manual_seed(seed)
     # frozen parameters stay in the optimiser: they get no gradient (AdamW skips them) until unfrozen
     params = list(params if params is not None else model.parameters())
@@ -219,12 +229,15 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
             on_epoch(epoch)
         model.train()
         total = 0.0
-        for idx in _batches(n, n_extra, cfg.batch_size * world, gen):
-            idx, rows, weight = dist.shard(idx)  # (idx, len(idx), 1.0) in one process
+        # the epoch's batches and random crops are drawn first (the same draws, in the same order, as reading
+        # each batch in turn), then read from the store by read_batches (data.workers processes, or this one)
+        shards = [dist.shard(idx) for idx in _batches(n, n_extra, cfg.batch_size * world, gen)]
+        plan = [(idx, None if train.full is None else crop_starts(lengths, idx, train.x.shape[1], gen))
+                for idx, _, _ in shards if idx[0] < n]  # the train split keeps whole utterances only for
+        audio = read_batches(train, plan, workers)  # data.train_crops: random (load_corpus)
+        for idx, rows, weight in shards:  # (idx, len(idx), 1.0) in one process
             if idx[0] < n:
-                # the train split keeps whole utterances only for data.train_crops: random (load_corpus)
-                x = train.x[idx] if train.full is None else random_crops(train.full, idx, train.x.shape[1], gen)
-                y = train.y[idx]
+                x, y = next(audio), train.y[idx]
                 if augment_fn is not None:
                     x = augment_fn(x)
             else:

@@ -168,9 +168,10 @@ def verify_records(run_dir, recipe, test, classes, records: list[dict], results:
     from edgeser.models.io import load_teacher
     from edgeser.train import predict_split
 
-    x, y = test.x.numpy(), test.y.numpy()
+    # the held-out clips are read (and each robustness case made) a chunk at a time (robustness.run_audio)
+    x, y = test.x, test.y.numpy()
     full = getattr(test, "full", None)  # whole utterances when the corpus's lengths vary: scored as they are
-    audio = [w.astype(np.float32) for w in full] if full is not None else x
+    audio = full if full is not None else x
     run = RunDir(run_dir)
     q, _ = load_qat(run.model("qat"))
     fp32, _ = load_student(run.model("prune"))

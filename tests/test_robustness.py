@@ -18,20 +18,39 @@ def held_out(tiny_corpus):
 
 def test_cases_are_what_they_say():
     x = (np.random.default_rng(0).standard_normal((6, 16000)) * 0.2).astype(np.float32)
-    cs = {c.name: c for c in cases(x, 16000, full=[x[0, :5000], x[1]])}
-    assert np.allclose(cs["gain -20 dB"].audio, x * 0.1, atol=1e-7)
-    assert np.abs(cs["gain +6 dB"].audio).max() <= 1.0  # clipped at full scale
-    noisy = cs["white noise SNR 10 dB"].audio
-    snr = 10 * np.log10((x ** 2).mean(1) / ((noisy - x) ** 2).mean(1))
-    assert np.allclose(snr, 10, atol=0.3)
-    assert cs["length 0.5x"].audio.shape == (6, 8000) and cs["length 3x"].audio.shape == (6, 48000)
-    assert np.allclose(cs["DC offset 0.05"].audio.mean(1), x.mean(1) + 0.05, atol=1e-3)
-    spec = np.abs(np.fft.rfft(cs["telephone band 300-3400 Hz"].audio, axis=1)).mean(0)
+    cs = {c.name: (c.audio.numpy() if hasattr(c.audio, "chunks") else c.audio)
+          for c in cases(x, 16000, full=[x[0, :5000], x[1]])}
+    assert np.allclose(cs["gain -20 dB"], x * 0.1, atol=1e-7)
+    assert np.abs(cs["gain +6 dB"]).max() <= 1.0  # clipped at full scale
+    for kind in ("white", "babble"):
+        noisy = cs[f"{kind} noise SNR 10 dB"]
+        snr = 10 * np.log10((x ** 2).mean(1) / ((noisy - x) ** 2).mean(1))
+        assert np.allclose(snr, 10, atol=0.3)
+    assert cs["length 0.5x"].shape == (6, 8000) and cs["length 3x"].shape == (6, 48000)
+    assert np.allclose(cs["DC offset 0.05"].mean(1), x.mean(1) + 0.05, atol=1e-3)
+    spec = np.abs(np.fft.rfft(cs["telephone band 300-3400 Hz"], axis=1)).mean(0)
     f = np.fft.rfftfreq(16000, 1 / 16000)
     assert spec[(f > 1000) & (f < 2000)].mean() > 30 * spec[f > 5000].mean()  # out of band: > 30 dB down
-    assert [len(a) for a in cs["whole utterances"].audio] == [5000, 16000]
-    gated = {c.kind for c in cs.values() if c.gated}
+    assert [len(a) for a in cs["whole utterances"]] == [5000, 16000]
+    gated = {c.kind for c in cases(x, 16000) if c.gated}
     assert gated == {"gain", "length"}
+
+
+def test_cases_are_made_a_chunk_at_a_time_and_the_same_in_any_subset(monkeypatch):
+    """The held-out set is perturbed CHUNK clips at a time (it need not fit in memory): the clips are the same
+    as in one go, and a clip's noise does not depend on which other clips are run with it."""
+    import edgeser.robustness as R
+
+    x = (np.random.default_rng(1).standard_normal((7, 4000)) * 0.2).astype(np.float32)
+    whole = {c.name: c.audio.numpy() for c in cases(x, 16000)}
+    monkeypatch.setattr(R, "CHUNK", 3)
+    made = []
+    for c in cases(torch.from_numpy(x), 16000):  # a tensor, as an in-memory split holds it
+        parts = list(c.audio.chunks())
+        made.append(len(parts))
+        assert np.array_equal(np.concatenate(parts), whole[c.name]), c.name
+        assert np.array_equal(c.audio[np.array([5, 2])].numpy(), whole[c.name][[5, 2]]), c.name
+    assert set(made) == {3}  # 7 clips in chunks of 3
 
 
 def test_with_length_tiles_and_crops():

@@ -1,4 +1,5 @@
-"""Turn a manifest into in-memory tensors, split by speaker, with bad files skipped and counted."""
+"""Turn a manifest into splits by speaker, with bad files skipped and counted: read a batch at a time from the
+on-disk store (edgeser/data/store.py, the pipeline), or held in memory (no store: tests, small tools)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -16,7 +17,7 @@ from edgeser.recipe import Data
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, samples) float32 in [-1, 1]
+    x: torch.Tensor  # (N, samples) float32 in [-1, 1]; or rows.Clips / rows.Stack, read a batch at a time
     y: torch.Tensor  # (N,) int64
     speakers: list[str]
     # whole utterances (each its own length) when the corpus has variable lengths: val and test are scored on
@@ -43,19 +44,83 @@ class Corpus:
         }
 
 
-def random_crops(full: list[np.ndarray], idx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """(len(idx), n): for each row a random n-sample crop of its utterance (data.train_crops: random); an
-    utterance of at most n samples is zero-padded as fix_length does."""
+def utterance_lengths(full) -> np.ndarray:
+    """Lengths of whole utterances (Utterances keeps them; a list of arrays is measured)."""
+    return full.lengths if hasattr(full, "lengths") else np.array([len(w) for w in full], dtype=np.int64)
+
+
+def crop_starts(lengths: np.ndarray, idx: torch.Tensor, n: int, gen: torch.Generator) -> list[int]:
+    """For each row of idx, where its random n-sample crop starts (0 for an utterance of at most n samples: no
+    draw). Drawn before the audio is read, so a batch can be read elsewhere (a DataLoader worker)."""
+    out = []
+    for i in idx.tolist():
+        m = int(lengths[i])
+        out.append(int(torch.randint(0, m - n + 1, (), generator=gen)) if m > n else 0)
+    return out
+
+
+def read_crops(full, idx, starts, n: int) -> torch.Tensor:
+    """(len(idx), n): the crops at `starts`; an utterance of at most n samples is zero-padded as fix_length."""
     out = torch.zeros(len(idx), n)
-    for j, i in enumerate(idx.tolist()):
-        w = full[i]
-        start = int(torch.randint(0, len(w) - n + 1, (), generator=gen)) if len(w) > n else 0
-        seg = torch.from_numpy(np.ascontiguousarray(w[start : start + n]))
+    for j, (i, start) in enumerate(zip(idx.tolist(), starts)):
+        seg = torch.from_numpy(np.ascontiguousarray(full[i][start : start + n]))
         out[j, : len(seg)] = seg
     return out
 
 
-def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
+def random_crops(full, idx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(len(idx), n): for each row a random n-sample crop of its utterance (data.train_crops: random); an
+    utterance of at most n samples is zero-padded as fix_length does."""
+    return read_crops(full, idx, crop_starts(utterance_lengths(full), idx, n, gen), n)
+
+
+def append_rows(split: Split, x: torch.Tensor, y: torch.Tensor, speaker: str = "generated") -> Split:
+    """`split` with clips x (M, samples) of labels y appended (e.g. generated minority-class clips); their
+    speaker is `speaker`, their vote distribution (data.labels: soft) one-hot. Where the split keeps whole
+    utterances, the new clips are utterances of clip length."""
+    from edgeser.data.rows import Extended, Stack
+
+    if x.dim() != 2 or x.shape[1] != split.x.shape[1] or len(x) != len(y):
+        raise ValueError(f"append_rows: clips (M, {split.x.shape[1]}) and M labels expected, got {tuple(x.shape)} "
+                         f"and {len(y)}")
+    xs = torch.cat([split.x, x]) if isinstance(split.x, torch.Tensor) else Stack([split.x, x])
+    full = None
+    if split.full is not None:
+        more = [w.numpy() for w in x]
+        full = list(split.full) + more if isinstance(split.full, list) else Extended(split.full, more)
+    target = None
+    if split.target is not None:
+        target = torch.cat([split.target, torch.nn.functional.one_hot(y.long(), split.target.shape[1]).float()])
+    return Split(xs, torch.cat([split.y, y.to(split.y.dtype)]), list(split.speakers) + [speaker] * len(y), full,
+                 target)
+
+
+class MemoryStore:
+    """AudioStore's interface in memory: load_corpus without a store folder (tests, `edgeser verify`)."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate, self.audio, self.decoded = sample_rate, {}, 0
+
+    def put(self, path) -> tuple[str, int]:
+        key = str(path)
+        if key not in self.audio:
+            self.audio[key] = load_audio(path, self.sample_rate)
+            self.decoded += 1
+        return key, len(self.audio[key])
+
+    def read(self, key: str) -> np.ndarray:
+        return self.audio[key]
+
+    def save(self) -> None:
+        pass
+
+
+def load_corpus(manifest_path, cfg: Data, on_file=None, store=None) -> Corpus:
+    """The corpus of a manifest, split by speaker. With `store` (data/store.py AudioStore) the audio is decoded
+    into it once and the splits read it a batch at a time (Split.x: rows.Clips, Split.full: rows.Utterances);
+    without one it is decoded into memory and the splits hold tensors and arrays."""
+    from edgeser.data.rows import Clips, Utterances
+
     # labels through data.label_map; a row with votes takes their majority (edgeser/data/votes.py)
     items = [relabel(it, cfg.label_map, cfg.classes or ())
              for it in read_manifest(manifest_path, allow_outside_root=cfg.allow_outside_root, root=cfg.root)]
@@ -71,17 +136,19 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
         raise InputError(f"data.labels: soft needs annotator votes, and no row of {manifest_path} (in "
                           f"data.classes) has any (a `votes` column, e.g. from `edgeser data import iemocap`)")
     n = int(cfg.clip_seconds * cfg.sample_rate)
+    lazy = store is not None
+    store = store if lazy else MemoryStore(cfg.sample_rate)
     parts = speaker_split(items, cfg.val_speakers, cfg.test_speakers, cfg.seed, cfg.fold, cfg.fold_of)
     skipped: Counter = Counter()
     splits = {}
     done = 0
     for name, its in parts.items():
-        xs, ys, spk, raw, ts = [], [], [], [], []
+        keys, lengths, ys, spk, ts = [], [], [], [], []
         for it in its:
             try:
-                wav = load_audio(it.path, cfg.sample_rate)
-                xs.append(fix_length(wav, n))
-                raw.append(wav if name != "train" or cfg.train_crops == "random" else None)
+                key, length = store.put(it.path)
+                keys.append(key)
+                lengths.append(length)
                 ys.append(classes.index(it.label))
                 ts.append(distribution(dict(it.votes), classes, it.label))
                 spk.append(it.speaker)
@@ -92,13 +159,18 @@ def load_corpus(manifest_path, cfg: Data, on_file=None) -> Corpus:
             done += 1
             if on_file:
                 on_file(done, len(items))
-        if not xs:
+        if not keys:
             raise InputError(f"data: the {name} split has no usable audio")
         # train keeps its utterances only for random crops: when one is longer than a clip
-        variable = (any(len(w) > n for w in raw) if name == "train" and cfg.train_crops == "random"
-                    else name != "train" and any(len(w) != n for w in raw))
-        splits[name] = Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys), spk, raw if variable else None,
+        variable = (any(m > n for m in lengths) if name == "train" and cfg.train_crops == "random"
+                    else name != "train" and any(m != n for m in lengths))
+        utt = Utterances(store, keys, lengths)
+        x, full = Clips(utt, n), (utt if variable else None)
+        if not lazy:
+            x, full = x[:], (list(full) if variable else None)
+        splits[name] = Split(x, torch.tensor(ys), spk, full,
                              target=torch.tensor(ts, dtype=torch.float32) if soft else None)
+    store.save()
     return Corpus(classes, splits, skipped)
 
 

@@ -96,7 +96,16 @@ def kd_set_for(ctx: Context) -> KDSet:
     return kd_set(ctx.corpus, ctx.run_dir / TEACHER, ctx.run_dir / LOGITS,
                   views=view_count(d.aug_views, d.min_kd_rows, len(x0.y)),
                   augment_fn=make_augment(data.augment, x0.x.shape[1], seed), seed=seed,
-                  augment_key=str(sorted(aug.items())), hint_layers=d.hint_layers)
+                  augment_key=str(sorted(aug.items())), hint_layers=d.hint_layers, store=run_store(ctx))
+
+
+def run_store(ctx: Context):
+    """The run's audio store when its corpus lives there (the data stage), else None (an in-memory corpus)."""
+    from edgeser.data.rows import Clips
+
+    if not isinstance(ctx.corpus.splits["train"].x, Clips):
+        return None
+    return ctx.corpus.splits["train"].x.utterances.store
 
 
 def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_smote: bool = True, **kw) -> dict:
@@ -105,7 +114,7 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
     d, aug = ctx.recipe.distill, ctx.recipe.data.augment
     return kd_fit(model, kd, cfg, temperature=d.temperature, alpha=d.alpha, seed=seed, desc=desc,
                   smote=aug.smote and use_smote, freq_mask=aug.freq_mask, hint_weight=d.hint_weight,
-                  progress=ctx.progress, checkpoint=ctx.checkpoint(desc), **kw)
+                  progress=ctx.progress, checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers, **kw)
 
 
 def student_select(kd: KDSet, select: str):

@@ -37,20 +37,40 @@ def synth_corpus(ctx: Context):
     return out / "manifest.csv"
 
 
+def open_store(ctx: Context):
+    """The run's audio store: data.store, or RUN/data/store."""
+    from edgeser.data.store import AudioStore
+
+    d = ctx.recipe.data
+    return AudioStore(d.store if d.store is not None else ctx.run_dir / "data" / "store", d.sample_rate)
+
+
 def run(ctx: Context) -> dict:
     d = ctx.recipe.data
     # under torchrun rank 0 writes the synthetic corpus; the others wait for it, then read it (distributed.py)
     manifest = d.manifest if d.manifest is not None else dist.on_main(lambda: synth_corpus(ctx))
-    task = ctx.progress.add_task("data: loading audio", total=None) if ctx.progress else None
-    corpus = load_corpus(manifest, d, on_file=(lambda i, n: ctx.progress.update(task, completed=i, total=n))
-                         if ctx.progress else None)
-    if ctx.progress:
-        ctx.progress.remove_task(task)
+
+    def load(progress):
+        task = progress.add_task("data: decoding audio into the store", total=None) if progress else None
+        store = open_store(ctx)
+        corpus = load_corpus(manifest, d, store=store,
+                             on_file=(lambda i, n: progress.update(task, completed=i, total=n)) if progress else None)
+        if progress:
+            progress.remove_task(task)
+        return corpus, store.decoded
+
+    # rank 0 decodes what the store lacks; then every rank reads the same store (nothing left to decode)
+    if dist.is_enabled():
+        decoded = dist.on_main(lambda: load(ctx.progress)[1])
+        corpus = load(None)[0]
+    else:
+        corpus, decoded = load(ctx.progress)
     ctx.corpus = corpus
     where = {"manifest": recorded_path(manifest, ctx.run_dir)}
     if d.root is not None:  # the recipe's data.root is relative to where compress ran: record it as resolvable too
         where["root"] = recorded_path(d.root, ctx.run_dir)
-    return ctx.finish("data", where | corpus.summary())
+    store = {"path": recorded_path(open_store(ctx).root, ctx.run_dir), "decoded_now": decoded}
+    return ctx.finish("data", where | {"store": store} | corpus.summary())
 
 
 def recorded_path(path, run_dir) -> str:
@@ -68,6 +88,7 @@ def _digest(ctx: Context) -> str:
     return corpus_digest(ctx.corpus)
 
 
-# the corpus lives in memory, so data always runs; its key is the loaded corpus's digest, so a changed file
-# changes every key after it (its metrics.json names the run folder, which would make a moved run look changed)
+# data always runs (it re-reads the manifest and finds every file in the store); its key is the corpus's digest
+# (store keys, labels, speakers), so a changed file changes every key after it (its metrics.json names the run
+# folder, which would make a moved run look changed)
 STAGE = Stage("data", run, sections=("data",), always_run=True, digest=_digest)

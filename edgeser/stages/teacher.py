@@ -34,7 +34,7 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed), labels),
                 seed=ctx.recipe.seed + seeds.TEACHER_FIT,
                 progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
-                checkpoint=ctx.checkpoint(desc),
+                checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers,
                 augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1],
                                         dist.rank_seed(ctx.recipe.seed)))
     model.freeze_bottom(0)
