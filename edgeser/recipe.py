@@ -94,6 +94,13 @@ class Data(_Section):
                               "the manifest's folder)")
     allow_outside_root: bool = Field(False, description="manifest rows may point anywhere (only for a manifest you "
                                      "trust)")
+    # the corpus is decoded once into the store and read from it a batch at a time (edgeser/data/store.py), so
+    # memory does not grow with the corpus; objects are keyed by file content, so a changed file is the only
+    # one decoded again, and a store shared by runs (or torchrun ranks) decodes each file once
+    store: Path | None = Field(None, description="folder of the decoded-audio store (default: RUN/data/store); "
+                               "may be shared by runs")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that read training batches "
+                         "from the store (0 = in the training process)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -133,12 +140,24 @@ class Train(_Section):
 
 
 class Teacher(Train):
-    """SoundNet-8 transfer learning. Defaults follow the article: AdamW, lr 3e-4, batch 32, ReduceLROnPlateau."""
+    """SoundNet-8 transfer learning (defaults follow the article: AdamW, lr 3e-4, batch 32, ReduceLROnPlateau), or
+    an external teacher that is only run: `onnx`, `torchscript`, or `module` with `checkpoint`."""
     # measured on the espeak small dev corpus (126 train clips per fold, bench/generalization.py): 15 epochs were
     # 60 steps; 300 steps (75 epochs) took the teacher from below the log-mel baseline to above it
     min_steps: int = Field(300, ge=0, le=1_000_000, description="epochs are raised so that training takes at least "
                            "this many optimiser steps (small corpora); 0 = `epochs` as given")
-    checkpoint: Path | None = Field(None, description="an edgeser teacher (skips training)")
+    checkpoint: Path | None = Field(None, description="an edgeser teacher (skips training); with `module`: that "
+                                    "module's state_dict, read weights-only")
+    # an external teacher (edgeser/models/external_teacher.py): not trained, only run for its logits. It takes
+    # float32 audio (batch, samples) at `sample_rate`, any batch and length, and returns logits (batch, classes)
+    # (the first output of a tuple, or the `logits` key of a dict); its columns are mapped onto data's classes
+    onnx: Path | None = Field(None, description="an external teacher: an ONNX model, run with onnxruntime (CPU); "
+                              "give at most one of onnx, torchscript, module")
+    torchscript: Path | None = Field(None, description="an external teacher: a TorchScript file (torch.jit.save)")
+    module: str | None = Field(None, description="an external teacher: 'package.module:factory', called with no "
+                               "arguments for an nn.Module, its weights from `checkpoint` (a state_dict)")
+    classes: list[str] | None = Field(None, description="external teacher: its output classes in order (default: "
+                                      "the model's metadata key `classes`); mapped onto data's classes by name")
     pretrained: Path | None = Field(None, description="SoundNet-8 weights: sound8.npy or a PyTorch port's "
                                     "state_dict")
     strategy: Literal["auto", "scratch", "last_layer", "full", "transfer_attention"] = Field(
@@ -151,8 +170,9 @@ class Teacher(Train):
     ce_weight: float = Field(0.7, ge=0, le=1, description="with source_audio: weight of the cross-entropy term")
     mmd_weight: float = Field(0.3, ge=0, le=1, description="with source_audio: weight of the MMD term between "
                               "source- and target-domain features (0 = cross-entropy only)")
-    sample_rate: Literal[16000, 22050] = Field(16000, description="teacher input rate, Hz; 22050 = SoundNet's "
-                                               "native rate (audio resampled inside)")
+    sample_rate: int = Field(16000, ge=4000, le=192_000, description="teacher input rate, Hz: SoundNet-8 takes "
+                             "16000 or 22050 (its native rate; audio resampled inside); an external teacher any rate "
+                             "(the 16 kHz audio is resampled for it)")
     width_mult: float = Field(1.0, gt=0, le=4, description="SoundNet-8 channel-width multiplier (1.0 with "
                               "pretrained weights)")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the classifier's linear layer")
@@ -164,6 +184,50 @@ class Teacher(Train):
         if self.pretrained is not None and self.width_mult != 1.0:
             raise ValueError("width_mult must be 1.0 with pretrained SoundNet-8 weights")
         return self
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v):
+        mod, _, attr = (v or "").partition(":")
+        names = mod.split(".") + [attr]
+        if v is not None and not all(n.isidentifier() for n in names):
+            raise ValueError(f"{v!r}: expected 'package.module:factory' (dotted module path, a colon, the name of a "
+                             "function returning the nn.Module)")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v) or not all(c.strip() for c in v)):
+            raise ValueError("the teacher's classes are distinct, non-empty names, one per output column")
+        return v
+
+    @model_validator(mode="after")
+    def _external(self):
+        given = [f for f in ("onnx", "torchscript", "module") if getattr(self, f) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one external teacher: teacher.{' and teacher.'.join(given)} are set")
+        if not given:
+            if self.classes is not None:
+                raise ValueError("teacher.classes names an external teacher's outputs: give teacher.onnx, "
+                                 "teacher.torchscript or teacher.module")
+            if self.sample_rate not in (16000, 22050):
+                raise ValueError(f"teacher.sample_rate: SoundNet-8 takes 16000 or 22050 Hz, not {self.sample_rate}; "
+                                 "any rate only with an external teacher (onnx, torchscript, module)")
+            return self
+        if given == ["module"] and self.checkpoint is None:
+            raise ValueError("teacher.module needs teacher.checkpoint: the module's state_dict")
+        if given != ["module"] and self.checkpoint is not None:
+            raise ValueError(f"teacher.checkpoint is an edgeser teacher, or teacher.module's weights: not with "
+                             f"teacher.{given[0]}")
+        for f in ("pretrained", "source_audio"):
+            if getattr(self, f) is not None:
+                raise ValueError(f"teacher.{f} is for training SoundNet-8: not with teacher.{given[0]}")
+        return self
+
+    def external(self) -> str | None:
+        """The external teacher's format (onnx, torchscript, module), or None: SoundNet-8."""
+        return next((f for f in ("onnx", "torchscript", "module") if getattr(self, f) is not None), None)
 
     def resolved_strategy(self) -> str:
         if self.strategy == "auto":
@@ -504,6 +568,8 @@ def _is(path: Path, kind: str) -> bool:
 # Path fields: (dotted name, section getter, attribute, file or folder)
 PATH_FIELDS = (("data.manifest", lambda r: r.data, "manifest", "file"),
                ("teacher.checkpoint", lambda r: r.teacher, "checkpoint", "file"),
+               ("teacher.onnx", lambda r: r.teacher, "onnx", "file"),
+               ("teacher.torchscript", lambda r: r.teacher, "torchscript", "file"),
                ("teacher.pretrained", lambda r: r.teacher, "pretrained", "file"),
                ("teacher.source_audio", lambda r: r.teacher, "source_audio", "folder"),
                ("data.augment.noise_folder", lambda r: r.data.augment, "noise_folder", "folder"),
