@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from edgeser import distributed as dist
 from edgeser.data.dataset import crop_starts, utterance_lengths
 from edgeser.data.loader import read_batches
+from edgeser.device import model_device
+from edgeser.device import resolve as resolve_compute
 from edgeser.metrics import classification_metrics
 from edgeser.recipe import Train
 
@@ -34,7 +36,8 @@ def predict(model, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Batched no-grad outputs of a module (put in eval mode) or of any function of a batch."""
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    dev = model_device(model)  # batches go to the model's device, outputs come back (no-ops on the CPU)
+    return torch.cat([model(x[i : i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def predict_split(model, split, batch_size: int = 64) -> torch.Tensor:
@@ -67,6 +70,7 @@ def kd_loss(student_logits, teacher_logits, y, temperature: float, alpha: float,
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y); with `labels` (label_loss), the
     label term is labels(student_logits, y, idx) instead (the vote distributions of data.labels: soft)."""
     t = temperature
+    teacher_logits = teacher_logits.to(student_logits.device)
     kl = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                   log_target=True, reduction="batchmean")
     hard = F.cross_entropy(student_logits, y) if labels is None else labels(student_logits, y, idx)
@@ -101,14 +105,14 @@ def label_loss(split, n_classes: int, balanced: bool = False) -> Callable | None
     if target is None:
         if not balanced:
             return None
-        return lambda logits, y, idx: (F.cross_entropy(logits, y, reduction="none") * weights[y]).mean()
+        return lambda logits, y, idx: (F.cross_entropy(logits, y, reduction="none") * weights.to(y.device)[y]).mean()
 
     def loss(logits, y, idx):
         t = F.one_hot(y, n_classes).to(logits.dtype)
         if idx is not None:
             real = idx < n
-            t[real] = target[idx[real]].to(logits.dtype)
-        return soft_loss(logits, t, weights[y])
+            t[real.to(t.device)] = target[idx[real]].to(t.device, logits.dtype)
+        return soft_loss(logits, t, weights.to(y.device)[y])
 
     return loss
 
@@ -174,7 +178,7 @@ def _batches(n: int, n_extra: int, batch_size: int, gen: torch.Generator) -> lis
 def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=None, desc: str = "train",
         params=None, on_epoch: Callable | None = None, augment_fn: Callable | None = None,
         extra=None, checkpoint=None, select: Callable | None = None, keep_initial: bool = True,
-        workers: int = 0) -> dict:
+        workers: int = 0, compute=None) -> dict:
     """Train `model` with loss_fn(model, x, y, idx) on corpus.splits['train']; keep the best val-UA weights.
 
     `extra` (a Split, e.g. SMOTE samples in feature space) adds rows indexed from len(train) on; they are
@@ -185,7 +189,9 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
     included; QAT keeps the epoch whose outputs are closest to its FP32 student's (stages.qat.fidelity).
     `keep_initial=False`: the model as it came in is no candidate (a freshly initialised student: its
     near-uniform outputs can sit closer to an uncertain teacher than any trained epoch). `workers`: DataLoader
-    processes reading the batches (data.workers; data/loader.py).
+    processes reading the batches (data.workers; data/loader.py). `compute`: the recipe's `train` section
+    (device.resolve: the CPU in fp32 when None or without CUDA; else CUDA, mixed precision outside QAT); the
+    model is back on the CPU when fit returns.
     """
     train, val = corpus.splits["train"], corpus.splits["val"]
     lengths = None if train.full is None else utterance_lengths(train.full)
@@ -198,6 +204,11 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
         return {"history": history, "best_epoch": 0}
     if select is not None:
         best["ua"] = dist.on_main(lambda: select(model)) if keep_initial else -math.inf
+    comp = resolve_compute(compute, quantised=hasattr(model, "act_quants"))  # QAT (QuantStudent): fp32
+    model.to(comp.device)
+    for p in params:  # parameters outside the model (hint regressors) go along
+        p.data = p.data.to(comp.device)
+    scaler = comp.scaler()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n, n_extra = len(train.y), 0 if extra is None else len(extra.y)
     # under torchrun each rank trains on its shard of every global batch of world x batch_size rows (distributed.py)
@@ -242,10 +253,18 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
                     x = augment_fn(x)
             else:
                 x, y = extra.x[idx - n], extra.y[idx - n]
-            loss = step_loss(x, y, idx)
+            x, y = x.to(comp.device), y.to(comp.device)  # no-ops on the CPU
+            with comp.autocast():
+                loss = step_loss(x, y, idx)
             opt.zero_grad()
-            (loss if weight == 1 else loss * weight).backward()
-            opt.step()
+            scaled = loss if weight == 1 else loss * weight
+            if scaler is None:
+                scaled.backward()
+                opt.step()
+            else:
+                scaler.scale(scaled).backward()
+                scaler.step(opt)
+                scaler.update()
             total += loss.item() * rows
             if progress:
                 progress.update(task, advance=1, description=f"{desc} epoch {epoch}/{epochs}")
@@ -265,7 +284,11 @@ def fit(model, corpus, cfg: Train, loss_fn: Callable, *, seed: int, progress=Non
                              "scheduler": sched.state_dict(), "rng": rng_state(gens), "history": history,
                              "best": best})
     model.load_state_dict(best["state"])
+    model.to("cpu")
+    for p in params:
+        p.data = p.data.cpu()
     if progress:
         progress.remove_task(task)
     return {"history": history, "best_epoch": best["epoch"], "epochs": epochs, "steps_per_epoch": steps,
+            "compute": comp.describe(),
             ("best_val_ua" if select is None else "best_val_select"): best["ua"]}

@@ -71,7 +71,7 @@ def teacher_loss(cfg: Teacher, source: torch.Tensor | None, seed: int, labels=No
         if source is None or cfg.mmd_weight == 0:
             return ce
         pick = torch.randint(0, len(source), (len(x),), generator=gen)
-        return cfg.ce_weight * ce + cfg.mmd_weight * mmd_rbf(model.embed(source[pick]), h)
+        return cfg.ce_weight * ce + cfg.mmd_weight * mmd_rbf(model.embed(source[pick].to(x.device)), h)
 
     return Stochastic(loss, [gen])
 

@@ -60,13 +60,19 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 
 class AudioStore:
-    def __init__(self, root: Path, sample_rate: int, field: str = "data.store"):
-        self.root, self.sample_rate = Path(root), int(sample_rate)
+    def __init__(self, root: Path, sample_rate: int, field: str = "data.store", writable: bool = True):
+        """writable=False: a reader of a store another process filled (torchrun ranks other than 0): it
+        writes nothing, and an object it lacks is an error."""
+        self.root, self.sample_rate, self.writable = Path(root), int(sample_rate), writable
         try:
+            if not writable:
+                raise FileExistsError
             (self.root / "objects").mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+        except FileExistsError:
+            pass
         except OSError as e:
             raise InputError(f"{field}: the store folder {self.root} is not writable ({e.strerror or e})") from None
         self._stat_path = self.root / "stat-cache.json"
@@ -111,6 +117,8 @@ class AudioStore:
             return key, int(npy_header(obj)[0][0])
         if bad.is_file():
             raise BadAudio(bad.read_text())
+        if not self.writable:
+            raise RuntimeError(f"{self.root}: the store lacks {path} (its writer should have decoded it)")
         try:
             wav = load_audio(path, self.sample_rate)
         except BadAudio as e:
@@ -125,7 +133,7 @@ class AudioStore:
 
     def save(self) -> None:
         """Write the stat cache (atomically) if it changed."""
-        if self._dirty:
+        if self._dirty and self.writable:
             with atomic_path(self._stat_path) as tmp:
                 tmp.write_text(json.dumps(self._stats))
             self._dirty = False
