@@ -65,10 +65,14 @@ class Perturbed:
         """Every clip at once (tests, small sets)."""
         return np.concatenate(list(self.chunks()))
 
+    def make(self, clips: np.ndarray, rows: np.ndarray, memo: dict) -> np.ndarray:
+        """This case of `clips` (the rows `rows` of x); memo: what the cases of one chunk share (its noises)."""
+        return np.ascontiguousarray(self.fn(clips, rows, memo), dtype=np.float32)
+
     def chunks(self):
         for a in range(0, len(self.rows), CHUNK):
             rows = self.rows[a : a + CHUNK]
-            yield np.ascontiguousarray(self.fn(_as_array(self.x[rows]), rows), dtype=np.float32)
+            yield self.make(_as_array(self.x[rows]), rows, {})
 
 
 def _rms(x: np.ndarray) -> np.ndarray:
@@ -81,14 +85,18 @@ def _at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
 
 def babble(x, rows: np.ndarray, seed: int, talkers: int = 4) -> np.ndarray:
     """Each clip's babble: `talkers` other held-out clips of x, circularly shifted and summed (clip i's from a
-    generator seeded by (seed, i))."""
+    generator seeded by (seed, i)). The other clips of a chunk are read once each."""
     n, width = len(x), x.shape[1]
-    out = np.zeros((len(rows), width), dtype=np.float64)
-    for j, i in enumerate(rows):
+    picks = []
+    for i in rows:
         rng = np.random.default_rng([seed, 2, int(i)])
-        others = (int(i) + rng.integers(1, max(2, n), talkers)) % n
-        for o, shift in zip(others, rng.integers(0, width, talkers)):
-            out[j] += np.roll(_as_array(x[[int(o)]])[0], int(shift))
+        picks.append(((int(i) + rng.integers(1, max(2, n), talkers)) % n, rng.integers(0, width, talkers)))
+    need = np.unique(np.concatenate([o for o, _ in picks]))
+    clips = dict(zip(need.tolist(), _as_array(x[need])))
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for j, (others, shifts) in enumerate(picks):
+        for o, shift in zip(others.tolist(), shifts.tolist()):
+            out[j] += np.roll(clips[o], shift)
     return out.astype(np.float32)
 
 
@@ -124,14 +132,15 @@ def cases(x, sr: int, full=None, seed: int = 0) -> list[Case]:
         return Case(name, kind, value, gated, Perturbed(x, fn))
 
     out = [case(f"gain {g:+d} dB", "gain", g, True,
-                lambda c, r, g=g: np.clip(c * 10 ** (g / 20), -1, 1)) for g in GAINS_DB]
-    noises = (("white", lambda c, r: white(r, width, seed)), ("babble", lambda c, r: babble(x, r, seed)))
-    for kind, noise in noises:
+                lambda c, r, m, g=g: np.clip(c * 10 ** (g / 20), -1, 1)) for g in GAINS_DB]
+    noises = {"white": lambda r: white(r, width, seed), "babble": lambda r: babble(x, r, seed)}
+    for kind, noise in noises.items():  # a chunk's noise is made once for its SNRs (memo)
         out += [case(f"{kind} noise SNR {s} dB", "noise", f"{kind} {s} dB", False,
-                     lambda c, r, s=s, noise=noise: _at_snr(c, noise(c, r), s)) for s in SNRS_DB]
-    out.append(case(f"DC offset {DC_OFFSET:g}", "dc", DC_OFFSET, False, lambda c, r: np.clip(c + DC_OFFSET, -1, 1)))
-    out.append(case("telephone band 300-3400 Hz", "band", "300-3400 Hz", False, lambda c, r: telephone(c, sr)))
-    out += [case(f"length {f:g}x", "length", f, True, lambda c, r, f=f: with_length(c, f)) for f in LENGTHS]
+                     lambda c, r, m, s=s, kind=kind: _at_snr(c, m[kind] if kind in m else m.setdefault(
+                         kind, noises[kind](r)), s)) for s in SNRS_DB]
+    out.append(case(f"DC offset {DC_OFFSET:g}", "dc", DC_OFFSET, False, lambda c, r, m: np.clip(c + DC_OFFSET, -1, 1)))
+    out.append(case("telephone band 300-3400 Hz", "band", "300-3400 Hz", False, lambda c, r, m: telephone(c, sr)))
+    out += [case(f"length {f:g}x", "length", f, True, lambda c, r, m, f=f: with_length(c, f)) for f in LENGTHS]
     if full is not None:
         out.append(Case("whole utterances", "length", "whole", True, full))
     return out
@@ -149,6 +158,29 @@ def run_audio(runner, audio) -> np.ndarray:
     return runner.run_each(audio)
 
 
+def run_cases(runner, cases: list[Case], idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every case's logits (on the clips idx of each, or all). The Perturbed cases run chunk by chunk: each chunk
+    of held-out clips is read once, and its noises made once, for all of them."""
+    made = [c for c in cases if isinstance(c.audio, Perturbed)]
+    if len({id(c.audio.x) for c in made}) > 1:
+        raise ValueError("run_cases: the perturbed cases must be of the same held-out clips")
+    parts: dict[str, list] = {c.name: [] for c in made}
+    if made:
+        first = made[0].audio if idx is None else made[0].audio[idx]
+        for a in range(0, len(first), CHUNK):
+            rows = first.rows[a : a + CHUNK]
+            clips, memo = _as_array(first.x[rows]), {}
+            for c in made:
+                parts[c.name].append(runner(c.audio.make(clips, rows, memo)))
+    out = {name: np.concatenate(p) for name, p in parts.items()}
+    for c in cases:
+        if c.name not in out:
+            audio = c.audio if idx is None else (c.audio[idx] if isinstance(c.audio, np.ndarray)
+                                                 else [c.audio[i] for i in idx])
+            out[c.name] = run_audio(runner, audio)
+    return out
+
+
 @dataclass
 class Suite:
     """The perturbed held-out set and the FP32 student's decisions on it, computed once for all artifacts."""
@@ -164,7 +196,7 @@ class Suite:
     @classmethod
     def build(cls, x, y, classes, ref_runner, sr: int = 16000, full=None, seed: int = 0) -> "Suite":
         suite = cls(np.asarray(y), list(classes), cases(x, sr, full, seed))
-        suite.ref_pred = {c.name: run_audio(ref_runner, c.audio).argmax(1) for c in suite.cases}
+        suite.ref_pred = {k: v.argmax(1) for k, v in run_cases(ref_runner, suite.cases).items()}
         return suite
 
     def measure(self, runner: Callable, on_case=None, max_clips: int | None = None, gated_only: bool = False) -> dict:
@@ -174,13 +206,11 @@ class Suite:
         rows = []
         idx = self.subset(max_clips) if max_clips and max_clips < len(self.y) else None
         static = bool(getattr(runner, "fixed_samples", None))
-        for c in self.cases:
-            # a simulator runs only the gated cases; a static window's lengths are the runtime's (not gated)
-            if gated_only and (not c.gated or (static and c.kind == "length")):
-                continue
-            audio = c.audio if idx is None else (
-                c.audio[idx] if isinstance(c.audio, (np.ndarray, Perturbed)) else [c.audio[i] for i in idx])
-            p = preds[c.name] = run_audio(runner, audio).argmax(1)
+        # a simulator runs only the gated cases; a static window's lengths are the runtime's (not gated)
+        chosen = [c for c in self.cases if not (gated_only and (not c.gated or (static and c.kind == "length")))]
+        logits = run_cases(runner, chosen, idx)
+        for c in chosen:
+            p = preds[c.name] = logits[c.name].argmax(1)
             ref, y = (self.ref_pred[c.name], self.y) if idx is None else (self.ref_pred[c.name][idx], self.y[idx])
             if on_case:
                 on_case(c.name)

@@ -47,7 +47,7 @@ def lossless_int16(x: np.ndarray) -> np.ndarray | None:
 
 def as_float(a: np.ndarray) -> np.ndarray:
     """A stored utterance as float32 in [-1, 1]."""
-    return (a.astype(np.float32) / np.float32(_SCALE)) if a.dtype == np.int16 else a.astype(np.float32, copy=False)
+    return (a.astype(np.float32) / np.float32(_SCALE)) if a.dtype == np.int16 else a.astype(np.float32)
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -57,6 +57,51 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f)
         return shape, dtype, f.tell()
+
+
+CACHE_BYTES = 128 << 20  # stored utterances kept after a read (as stored: int16 mostly), least recent out first
+
+
+class ByteBoundedCache:
+    """key -> array, at most `limit` bytes of arrays, least recently used dropped first: a small corpus is read
+    from disk once and then from memory; a large one costs this much memory and no more."""
+
+    def __init__(self, limit: int):
+        from collections import OrderedDict
+
+        self.limit, self.bytes, self._d = limit, 0, OrderedDict()
+
+    def get(self, key):
+        a = self._d.get(key)
+        if a is not None:
+            self._d.move_to_end(key)
+        return a
+
+    def put(self, key, a: np.ndarray) -> None:
+        if a.nbytes > self.limit or key in self._d:
+            return
+        self._d[key] = a
+        self.bytes += a.nbytes
+        while self.bytes > self.limit:
+            _, old = self._d.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def __getstate__(self):  # a DataLoader worker starts with an empty cache of its own
+        return {"limit": self.limit, "bytes": 0, "_d": type(self._d)()}
+
+
+def read_npy_1d(path: Path) -> np.ndarray:
+    """A 1-D int16 or float32 .npy file as the store writes it (np.save), read without np.load's header
+    parser (ast.literal_eval: most of the time of reading a short utterance); anything else through np.load."""
+    with open(path, "rb") as f:
+        b = f.read()
+    if b[:8] == b"\x93NUMPY\x01\x00":
+        hl = int.from_bytes(b[8:10], "little")
+        head = b[10 : 10 + hl]
+        for descr, dtype in ((b"'<i2'", np.int16), (b"'<f4'", np.float32)):
+            if b"'descr': " + descr in head and b"'fortran_order': False" in head:
+                return np.frombuffer(b, dtype, offset=10 + hl)
+    return np.load(path)
 
 
 class AudioStore:
@@ -82,6 +127,7 @@ class AudioStore:
             self._stats = {}  # a damaged cache only costs re-hashing
         self._dirty = False
         self.decoded = 0  # files decoded by this object (the rest came from the store)
+        self._cache = ByteBoundedCache(CACHE_BYTES)
 
     # --- keys ---
     def file_sha(self, path: Path) -> str:
@@ -140,8 +186,12 @@ class AudioStore:
 
     # --- reading ---
     def read(self, key: str) -> np.ndarray:
-        """One utterance, float32."""
-        return as_float(np.load(self.object_path(key)))
+        """One utterance, float32 (from the cache of recently read ones, else its file)."""
+        raw = self._cache.get(key)
+        if raw is None:
+            raw = read_npy_1d(self.object_path(key))
+            self._cache.put(key, raw)
+        return as_float(raw)
 
     def view_path(self, key: str) -> Path:
         return self.root / "views" / f"{key}.npy"
