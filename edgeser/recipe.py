@@ -39,6 +39,29 @@ class SynthData(_Section):
     clip_seconds: float = Field(2.0, gt=0.1, le=60, description="length of each generated clip, seconds")
 
 
+class Generative(_Section):
+    """A class-conditional WaveGAN (edgeser/data/wavegan.py), trained on the train split only, whose clips are
+    appended to the train split for the minority classes (edgeser/data/oversample.py)."""
+    enabled: bool = Field(False, description="train the WaveGAN and add its clips to the train split's minority "
+                          "classes")
+    max_seconds: float = Field(300.0, gt=0, le=86_400, description="bound on the WaveGAN's training time, seconds "
+                               "(wall): it stops before a step that would end past it")
+    steps: int = Field(2000, ge=1, le=1_000_000, description="most generator steps (one discriminator step each)")
+    batch_size: int = Field(16, ge=1, le=1024, description="clips per WaveGAN batch (class-balanced)")
+    lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the generator and discriminator")
+    target: Literal["balance"] | float = Field("balance", description="clips per minority class after it: balance "
+                                               "= the majority class's count; a ratio in (0, 1] = that fraction "
+                                               "of it (a class already there gets none)")
+    seed: int = Field(0, description="added to the recipe's seed: the WaveGAN's weights, batches and clips")
+
+    @field_validator("target")
+    @classmethod
+    def _ratio(cls, v):
+        if v != "balance" and not 0 < v <= 1:
+            raise ValueError(f"a ratio in (0, 1] of the majority count, or balance; got {v}")
+        return v
+
+
 class Augment(_Section):
     """Training-time augmentation; each switch is independent."""
     freq_mask: bool = Field(False, description="mask 20 % of mel bands (student, on its log-mel)")
@@ -49,6 +72,8 @@ class Augment(_Section):
     noise_folder: Path | None = Field(None, description="WAVs of noise; generated babble when empty")
     smote: bool = Field(False, description="oversample minority classes in the student's feature (log-mel) space")
     p: float = Field(0.5, ge=0, le=1, description="probability of each waveform augmentation, per example")
+    generative: Generative = Field(Generative(), description="WaveGAN clips for the minority classes of the "
+                                   "train split")
 
 
 class Data(_Section):

@@ -66,11 +66,18 @@ def run(ctx: Context) -> dict:
     else:
         corpus, decoded = load(ctx.progress)
     ctx.corpus = corpus
+    # data.augment.generative: WaveGAN clips for the train split's minority classes (val and test untouched)
+    from edgeser.data.oversample import grow_minority
+
+    g = d.augment.generative
+    corpus, generative = grow_minority(corpus, g, int(d.clip_seconds * d.sample_rate), ctx.recipe.seed + g.seed,
+                                       ctx.run_dir / "data" / "generative", ctx.progress)
+    ctx.corpus = corpus
     where = {"manifest": recorded_path(manifest, ctx.run_dir)}
     if d.root is not None:  # the recipe's data.root is relative to where compress ran: record it as resolvable too
         where["root"] = recorded_path(d.root, ctx.run_dir)
     store = {"path": recorded_path(open_store(ctx).root, ctx.run_dir), "decoded_now": decoded}
-    return ctx.finish("data", where | {"store": store} | corpus.summary())
+    return ctx.finish("data", where | {"store": store} | corpus.summary() | {"generative": generative})
 
 
 def recorded_path(path, run_dir) -> str:
