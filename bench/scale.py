@@ -31,7 +31,8 @@ def run_size(k: int, out: Path, short: bool) -> dict:
     run_dir = out / f"{k}x"
     sets = [f"data.synth.n_speakers={16 * k}", f"data.synth.clips_per_class={320 * k}",
             "export.formats=[onnx-fp32,onnx-int8]"] + (SHORT if short else [])
-    cmd = [str(ROOT / ".venv/bin/edgeser"), "compress", "--recipe", str(ROOT / "recipes/demo.yaml"),
+    # `python -m edgeser` from ROOT: the edgeser beside this script (a copy of the tree runs its own code)
+    cmd = [sys.executable, "-m", "edgeser", "compress", "--recipe", str(ROOT / "recipes/demo.yaml"),
            "--out", str(run_dir), "--no-progress"]
     for s in sets:
         cmd += ["--set", s]

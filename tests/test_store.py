@@ -115,3 +115,16 @@ def test_batches_from_workers_equal_batches_in_process(tmp_path):
     there = list(read_batches(train, plan, 2))
     assert len(here) == 3 and all(torch.equal(a, b) for a, b in zip(here, there))
     assert torch.equal(here[2], train.x[torch.tensor([1])])
+
+
+def test_compress_with_an_unwritable_store_exits_2_and_writes_nothing(tmp_path, tiny_recipe_path):
+    from typer.testing import CliRunner
+
+    from edgeser.cli import app
+
+    (tmp_path / "file").write_text("x")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["compress", "--recipe", str(tiny_recipe_path), "--out", str(run), "--no-progress",
+                                   "--set", f"data.store={tmp_path / 'file' / 'store'}"])
+    assert res.exit_code == 2 and "data.store" in res.output and "is a file" in res.output
+    assert not run.exists()
