@@ -123,14 +123,22 @@ def test_the_cache_is_reused_and_keyed_by_data_and_settings(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == [info["cache_key"]]  # the failed rebuilds wrote nothing
 
 
-def test_a_failed_build_writes_no_cache(tmp_path, monkeypatch):
-    def broken(*a, **k):
-        raise RuntimeError("synthesis failed")
+def test_a_build_that_fails_while_writing_leaves_no_cache(tmp_path, monkeypatch):
+    save = oversample.save_state
 
-    monkeypatch.setattr(wavegan, "synthesize", broken)
-    with pytest.raises(RuntimeError, match="synthesis failed"):
+    def full_disk(dest, state):
+        if dest.name == "clips.pt":  # after generator.pt was written
+            raise OSError("disk full")
+        save(dest, state)
+
+    monkeypatch.setattr(oversample, "save_state", full_disk)
+    with pytest.raises(OSError, match="disk full"):
         oversample.grow_minority(corpus(), cfg(), 512, 0, tmp_path)
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(oversample, "save_state", save)
+    _, info = oversample.grow_minority(corpus(), cfg(), 512, 0, tmp_path)
+    assert info["trained"] and sorted(p.name for p in (tmp_path / info["cache_key"]).iterdir()) == sorted(
+        oversample.FILES)
 
 
 def test_the_class_conditions_the_clips():
