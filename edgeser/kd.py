@@ -127,7 +127,7 @@ def kd_set(corpus: Corpus, teacher_path: Path, cache: Path, *, views: int, augme
             blob = {"key": key, "logits": predict(teacher, train.x),
                     "val_logits": predict_split(teacher, corpus.splits["val"]),
                     "hints": {str(i): predict(lambda x, i=i: teacher.block_features(x, [i])[i], train.x)
-                              for i in hint_layers}}
+                              for i in (hint_layers if hasattr(teacher, "block_features") else [])}}
             save_state(cache, blob)
     dist.barrier()
     if blob is None:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from edgeser import distributed as dist
 from edgeser import seeds
 from edgeser.data.manifest import read_manifest
-from edgeser.fileio import write_json
+from edgeser.fileio import sha256, write_json
 from edgeser.recipe import Recipe
 from edgeser.run_dir import RunDir
 from edgeser.resume import StageCache, seed_everything, stage_key, stage_outputs
@@ -24,23 +24,33 @@ STAGES: list[Stage] = order([data.STAGE, teacher.STAGE, distill.STAGE, prune.STA
                              verify.STAGE, report.STAGE])
 
 
-def key_sections(stage: Stage, recipe_json: dict, target: Target) -> dict:
+def key_sections(stage: Stage, recipe_json: dict, target: Target, recipe: Recipe | None = None) -> dict:
     """The recipe sections a stage declares, as its key sees them: `target` is the profile's content (its
-    channel multiple, batch, formats), not only its name, so editing the profile reruns what depends on it."""
-    return {s: ({"name": recipe_json.get("target"), "profile": target.model_dump(mode="json")} if s == "target"
-                else recipe_json.get(s)) for s in stage.sections}
+    channel multiple, batch, formats), not only its name, so editing the profile reruns what depends on it; and
+    the sha256 of the files outside the run folder it declares (stage.files: an external teacher), if any."""
+    out = {s: ({"name": recipe_json.get("target"), "profile": target.model_dump(mode="json")} if s == "target"
+               else recipe_json.get(s)) for s in stage.sections}
+    files = stage.files(recipe) if stage.files is not None and recipe is not None else {}
+    if files:
+        out["files"] = {field: [sha256(p) for p in paths] for field, paths in files.items()}
+    return out
 
 
 def preflight(recipe: Recipe) -> None:
-    """Checks that need files but write nothing: a bad manifest (or one whose rows leave the corpus root) and a
-    teacher checkpoint that is not a weights-only edgeser model file fail here, before the run folder exists."""
+    """Checks that need files but write nothing: a bad manifest (or one whose rows leave the corpus root), a
+    teacher checkpoint that is not a weights-only edgeser model file, and an external teacher that does not load
+    or names no classes fail here, before the run folder exists."""
     from edgeser.errors import InputError
     from edgeser.models.io import read_model_file
 
     if recipe.data.manifest is not None:
         read_manifest(recipe.data.manifest, allow_outside_root=recipe.data.allow_outside_root,
                       root=recipe.data.root)
-    if recipe.teacher.checkpoint is not None:
+    if recipe.teacher.external() is not None:  # the model loads (nothing unpickled) and names its classes
+        from edgeser.models.external_teacher import preflight as teacher_preflight
+
+        teacher_preflight(recipe.teacher)
+    elif recipe.teacher.checkpoint is not None:
         try:
             read_model_file(recipe.teacher.checkpoint)  # torch.load(weights_only=True): a pickled object is refused
         except Exception as e:  # UnpicklingError, a corrupt zip, not an edgeser model file
@@ -86,7 +96,7 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
                 break
             progress.update(overall, description=f"stage: {name}")
             t = time.perf_counter()
-            key = stage_key(name, key_sections(stage, recipe_json, target), recipe.seed, upstream)
+            key = stage_key(name, key_sections(stage, recipe_json, target, recipe), recipe.seed, upstream)
             done = cache.lookup(name, key) if resume and not stage.always_run else None
             if done is not None:
                 result = ctx.results[name] = read_metrics(run_dir, name)
@@ -103,7 +113,7 @@ def compress(recipe: Recipe, run_dir: Path, console: Console | None = None, show
                 RUNNING.clear()
                 ctx.stage = ctx.stage_key = None
                 if stage.digest is not None:  # an output that is not a file (the loaded corpus)
-                    key = stage_key(name, key_sections(stage, recipe_json, target), recipe.seed,
+                    key = stage_key(name, key_sections(stage, recipe_json, target, recipe), recipe.seed,
                                     {"key": stage.digest(ctx), "outputs": {}})
                 outputs = stage_outputs(run_dir, stage.outputs) if dist.is_main() else []
                 done = cache.mark(name, key, outputs)

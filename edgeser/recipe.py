@@ -164,6 +164,9 @@ class Train(_Section):
                            "frequency of its class, so every class counts the same (UA, not WA)")
 
 
+EXTERNAL = {"external_teacher": True}  # marks the Teacher fields that name an external teacher (EXTERNAL_TEACHERS)
+
+
 class Teacher(Train):
     """SoundNet-8 transfer learning (defaults follow the article: AdamW, lr 3e-4, batch 32, ReduceLROnPlateau), or
     an external teacher that is only run: `onnx`, `torchscript`, or `module` with `checkpoint`."""
@@ -177,10 +180,12 @@ class Teacher(Train):
     # float32 audio (batch, samples) at `sample_rate`, any batch and length, and returns logits (batch, classes)
     # (the first output of a tuple, or the `logits` key of a dict); its columns are mapped onto data's classes
     onnx: Path | None = Field(None, description="an external teacher: an ONNX model, run with onnxruntime (CPU); "
-                              "give at most one of onnx, torchscript, module")
-    torchscript: Path | None = Field(None, description="an external teacher: a TorchScript file (torch.jit.save)")
+                              "give at most one of onnx, torchscript, module", json_schema_extra=EXTERNAL)
+    torchscript: Path | None = Field(None, description="an external teacher: a TorchScript file (torch.jit.save)",
+                                     json_schema_extra=EXTERNAL)
     module: str | None = Field(None, description="an external teacher: 'package.module:factory', called with no "
-                               "arguments for an nn.Module, its weights from `checkpoint` (a state_dict)")
+                               "arguments for an nn.Module, its weights from `checkpoint` (a state_dict)",
+                               json_schema_extra=EXTERNAL)
     classes: list[str] | None = Field(None, description="external teacher: its output classes in order (default: "
                                       "the model's metadata key `classes`); mapped onto data's classes by name")
     pretrained: Path | None = Field(None, description="SoundNet-8 weights: sound8.npy or a PyTorch port's "
@@ -229,7 +234,7 @@ class Teacher(Train):
 
     @model_validator(mode="after")
     def _external(self):
-        given = [f for f in ("onnx", "torchscript", "module") if getattr(self, f) is not None]
+        given = [f for f in EXTERNAL_TEACHERS if getattr(self, f) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one external teacher: teacher.{' and teacher.'.join(given)} are set")
         if not given:
@@ -252,12 +257,17 @@ class Teacher(Train):
 
     def external(self) -> str | None:
         """The external teacher's format (onnx, torchscript, module), or None: SoundNet-8."""
-        return next((f for f in ("onnx", "torchscript", "module") if getattr(self, f) is not None), None)
+        return next((f for f in EXTERNAL_TEACHERS if getattr(self, f) is not None), None)
 
     def resolved_strategy(self) -> str:
         if self.strategy == "auto":
             return "transfer_attention" if self.pretrained is not None else "scratch"
         return self.strategy
+
+
+# the external teachers' formats, in order: the Teacher fields marked EXTERNAL (recipe fields, spelled once; the
+# torchscript artifact format is formats.py's)
+EXTERNAL_TEACHERS = tuple(n for n, f in Teacher.model_fields.items() if (f.json_schema_extra or {}) == EXTERNAL)
 
 
 # distill and the prune fine-tune: which epoch a student keeps (stages/distill.py teacher_fidelity)
@@ -593,8 +603,7 @@ def _is(path: Path, kind: str) -> bool:
 # Path fields: (dotted name, section getter, attribute, file or folder)
 PATH_FIELDS = (("data.manifest", lambda r: r.data, "manifest", "file"),
                ("teacher.checkpoint", lambda r: r.teacher, "checkpoint", "file"),
-               ("teacher.onnx", lambda r: r.teacher, "onnx", "file"),
-               ("teacher.torchscript", lambda r: r.teacher, "torchscript", "file"),
+               *((f"teacher.{f}", lambda r: r.teacher, f, "file") for f in EXTERNAL_TEACHERS if f != "module"),
                ("teacher.pretrained", lambda r: r.teacher, "pretrained", "file"),
                ("teacher.source_audio", lambda r: r.teacher, "source_audio", "folder"),
                ("data.augment.noise_folder", lambda r: r.data.augment, "noise_folder", "folder"),

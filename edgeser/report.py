@@ -78,9 +78,10 @@ def teacher_figures(report: dict) -> dict:
 
 
 def teacher_row(t: dict) -> list[str]:
-    return ["teacher (PyTorch)", "fp32", "reference", pct_ci(t["ua"], t.get("ua_ci")), pct_ci(t["wa"], t.get("wa_ci")),
+    label = f"teacher ({t['source']['label']})" if t.get("source") else "teacher (PyTorch)"  # an external teacher
+    return [label, "fp32", "reference", pct_ci(t["ua"], t.get("ua_ci")), pct_ci(t["wa"], t.get("wa_ci")),
             _pct(t.get("macro_f1")), "—", "—", "—", "—", "—", "—", f"{t['size_bytes'] / 1024:.0f}",
-            f"{t['macs'] / 1e6:.1f}"]
+            "—" if t.get("macs") is None else f"{t['macs'] / 1e6:.1f}"]
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -228,7 +229,7 @@ def build_report(ctx: Context) -> dict:
     r = ctx.results
     t = r["teacher"]
     teacher = {"ua": t["test"]["ua"], "wa": t["test"]["wa"], "macro_f1": t["test"]["macro_f1"],
-               "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"]}
+               "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"], "source": t.get("source")}
     waterfall = [{"step": "teacher", "ua": teacher["ua"]}] + [
         {"step": s, "ua": r[s]["test"]["ua"]} for s in ("distill", "prune", "qat")] + [
         {"step": a["name"], "ua": a["ua"]} for a in r["verify"]["artifacts"] if a.get("ua") is not None]

@@ -2,7 +2,8 @@
 
 A stage reads recipe sections and files of the run folder that stages before it wrote, and writes its own.
 From these declarations the engine takes the order (a stage runs after every stage whose outputs it reads),
-the content key (the sections, with the target profile's content for `target`, chained to the stage before),
+the content key (the sections, with the target profile's content for `target`, the content of the files outside
+the run folder that it declares, chained to the stage before),
 the files a done marker records, which stages run on rank 0 only, and which always run.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Stage:
     main_only: bool = False  # under torchrun only rank 0 runs it (the others are done)
     always_run: bool = False  # never skipped by --resume (cheap, or its output lives in memory)
     digest: Callable | None = None  # digest(ctx) -> str: its output's hash when that is not a file (data)
+    files: Callable | None = None  # files(recipe) -> {field: [paths]}: files outside the run folder it reads (an
+    # external teacher); their content (sha256) is part of its key, so changing one reruns it and what follows
 
 
 def order(stages: list[Stage]) -> list[Stage]:

@@ -27,8 +27,14 @@ def read_model_file(path: Path) -> tuple[dict, dict]:
     return blob["config"], blob["state_dict"]
 
 
-def load_teacher(path: Path) -> SoundNet8:
+def load_teacher(path: Path) -> torch.nn.Module:
+    """The teacher stage's model: SoundNet-8, or (config kind `external`) the wrapper around the recipe's external
+    teacher (edgeser/models/external_teacher.py), which refuses a file changed since the teacher stage."""
     cfg, state = read_model_file(path)
+    if cfg.get("kind") == "external":
+        from edgeser.models.external_teacher import load_external
+
+        return load_external(cfg)
     model = SoundNet8(cfg["n_classes"], cfg.get("width_mult", 1.0), sample_rate=cfg.get("sample_rate", 16000),
                       attention=cfg.get("attention", True))
     model.load_state_dict(state)

@@ -70,9 +70,12 @@ def read_metrics(run_dir: Path, stage: str) -> dict:
 
 
 def model_stats(model: torch.nn.Module, samples: int) -> dict:
-    """Parameters and MACs for one clip (FlopCounter counts convs and matmuls; MACs = FLOPs / 2)."""
+    """Parameters and MACs for one clip (FlopCounter counts convs and matmuls; MACs = FLOPs / 2). A model run
+    outside torch (an ONNX teacher) gives its own `fixed_stats`: FlopCounter would count nothing."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    if getattr(model, "fixed_stats", None) is not None:
+        return dict(model.fixed_stats)
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:

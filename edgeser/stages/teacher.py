@@ -1,6 +1,10 @@
 """Stage 2: the teacher. SoundNet-8 transferred to speech emotion (see edgeser/transfer.py), or loaded from
-recipe.teacher.checkpoint. `edgeser finetune` runs this stage (after data) on its own."""
+recipe.teacher.checkpoint; or an external teacher (teacher.onnx, torchscript, module), which is not trained: it is
+probed, scored, and named in stages/teacher/model.pt (edgeser/models/external_teacher.py). `edgeser finetune` runs
+this stage (after data) on its own."""
 from __future__ import annotations
+
+import torch
 
 from edgeser import distributed as dist
 from edgeser import seeds
@@ -41,8 +45,39 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     return model, info
 
 
+def run_external(ctx: Context) -> dict:
+    """An external teacher: mapped onto the corpus classes and probed before model.pt is written; then scored."""
+    from edgeser.models.external_teacher import Source, open_teacher, probe
+
+    corpus, src = ctx.corpus, Source.of(ctx.recipe.teacher)
+    model = open_teacher(src, corpus.classes)  # InputError: not a model, no or other class names
+    train = corpus.splits["train"].x
+    probe(model, train[: min(2, len(train))])  # InputError: wrong output dimensions, a fixed batch or length
+    path = ctx.stage_dir("teacher") / "model.pt"
+    save_model(path, torch.nn.Module(), model.file_config())  # an empty state_dict: the config names the file
+    source = model.source() | {"block_features": False}  # no hint distillation (distill.hint_layers) from it
+    metrics = {"source": source,
+               "test": evaluate(model, corpus.splits["test"], corpus.classes),
+               "val": evaluate(model, corpus.splits["val"], corpus.classes),
+               **model_stats(model, corpus.splits["test"].x.shape[1]), "size_bytes": src.size_bytes(),
+               "train": {"loaded_from": str(src.path), "format": src.format}}
+    return ctx.finish("teacher", metrics)
+
+
+def external_files(recipe) -> dict:
+    """The external teacher's files (outside the run folder): their content is part of the stage's key."""
+    from edgeser.models.external_teacher import Source
+
+    if recipe.teacher.external() is None:
+        return {}
+    src = Source.of(recipe.teacher)
+    return {src.field: src.files()}
+
+
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.teacher, ctx.corpus
+    if cfg.external() is not None:
+        return run_external(ctx)
     n_classes = len(corpus.classes)
     if cfg.checkpoint is not None:
         try:
@@ -62,4 +97,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("teacher", metrics)
 
 
-STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, stage_file("teacher", METRICS)))
+STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, stage_file("teacher", METRICS)),
+              files=external_files)
