@@ -110,7 +110,7 @@ def train_briefly(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
         loss.backward()
         opt.step()
         if log is not None and (step + 1) % max(1, steps // 10) == 0:
-            log(f"step {step + 1}/{steps}: loss {float(loss):.3f}")
+            log(f"step {step + 1}/{steps}: loss {float(loss.detach()):.3f}")
     return model.eval()
 
 

@@ -133,7 +133,8 @@ def test_torchscript_teacher_at_8khz_is_resampled(corpus, tmp_path):
     teacher = load_teacher(run / "stages/teacher/model.pt")
     x = c.splits["test"].x[:3]
     with torch.no_grad():
-        want = ts(torch.from_numpy(resample_poly(x.numpy(), 1, 2, axis=1).astype(np.float32)))[:, _order(TEACHER_CLASSES)]
+        at_8k = torch.from_numpy(resample_poly(x.numpy(), 1, 2, axis=1).astype(np.float32))
+        want = ts(at_8k)[:, _order(TEACHER_CLASSES)]
     got = teacher(x)
     assert got.shape == (3, 4)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
