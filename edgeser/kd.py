@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from edgeser import distributed as dist
 from edgeser.checkpoint import Stochastic, generators
 from edgeser.data.dataset import Corpus, Split
+from edgeser.device import model_device
 from edgeser.fileio import load_state, save_state, sha256
 from edgeser.models.io import load_teacher
 from edgeser.models.student import Student
@@ -184,9 +185,9 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
         real = idx < len(next(iter(hints.values()))[0])
         if real.any():
             for feats, reg in hints.values():
-                s = F.normalize(reg(pooled[real]), dim=1)
-                total = total + hint_weight / len(hints) * F.mse_loss(s, F.normalize(feats[idx[real]], dim=1),
-                                                                      reduction="sum") / int(real.sum())
+                s = F.normalize(reg(pooled[real.to(pooled.device)]), dim=1)
+                want = F.normalize(feats[idx[real]].to(s.device), dim=1)
+                total = total + hint_weight / len(hints) * F.mse_loss(s, want, reduction="sum") / int(real.sum())
         return total
 
     return Stochastic(loss, generators(mel_augment))
@@ -205,6 +206,8 @@ def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Gener
         m = max(min_samples, min(n, int(n * frac)))
         start = int(torch.randint(0, n - m + 1, (), generator=gen))
         xc = x[:, start : start + m]
+        if model_device(source) != xc.device:  # on CUDA the FP32 source runs beside the model (kd_fit moves it back)
+            source.to(xc.device)
         with torch.no_grad():
             target = source(xc)
         return kd_loss(_logits(model, xc, mel_augment), target, y, temperature, alpha, labels, idx)
@@ -263,6 +266,8 @@ def kd_fit(model, kd: KDSet, cfg, *, temperature: float, alpha: float, seed: int
     with torch_threads(1):
         info = fit(model, corpus, cfg, objective, seed=seed, progress=progress, desc=desc, extra=extra,
                    params=params, checkpoint=checkpoint, **kw)
+    if kd_source is not None:
+        kd_source.to("cpu")
     if labels is not None:
         info["labels"] = label_loss_name(corpus.splits["train"], labels)
     return info | {"kd_views": kd.views, "kd_rows": len(corpus.splits["train"].y),

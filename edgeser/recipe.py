@@ -471,6 +471,15 @@ class Stream(_Section):
     median_windows: int = Field(5, ge=1, le=1000, description="median: the running median covers this many windows")
 
 
+class Training(_Section):
+    """Where the teacher, distill, prune and QAT loops train (edgeser/device.py)."""
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when torch sees a GPU, else "
+                                                   "the CPU (fp32, bit for bit the CPU-only results)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="CUDA mixed precision: auto = "
+                                                               "bf16 where the GPU has it, else fp16 (with a "
+                                                               "GradScaler); QAT always trains in fp32")
+
+
 class Recipe(_Section):
     """An edgeser recipe: one YAML file from the corpus to the verified edge artifacts."""
     name: str = Field("run", description="also the default run folder, runs/<name>")
@@ -479,6 +488,7 @@ class Recipe(_Section):
                         "qualcomm-hexagon) or a profile .yaml file")
     data: Data = Field(description="the corpus: exactly one of `manifest` or `synth`, the speaker split, "
                        "augmentation")
+    train: Training = Field(Training(), description="the training device and precision")
     teacher: Teacher = Field(Teacher(), description="the SoundNet-8 teacher, transferred to speech emotion")
     student: Student = Field(Student(), description="the small log-mel student")
     distill: Distill = Field(Distill(), description="knowledge distillation from the teacher into the student")
@@ -607,7 +617,23 @@ PATH_FIELDS = (("data.manifest", lambda r: r.data, "manifest", "file"),
                ("teacher.pretrained", lambda r: r.teacher, "pretrained", "file"),
                ("teacher.source_audio", lambda r: r.teacher, "source_audio", "folder"),
                ("data.augment.noise_folder", lambda r: r.data.augment, "noise_folder", "folder"),
-               ("data.root", lambda r: r.data, "root", "folder"))
+               ("data.root", lambda r: r.data, "root", "folder"),
+               ("data.store", lambda r: r.data, "store", "writable"))
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder this process writes in, or None: checked without writing."""
+    import os
+
+    if path.exists():
+        return None if path.is_dir() and os.access(path, os.W_OK | os.X_OK) else (
+            "is a file, expected a folder" if not path.is_dir() else "folder is not writable")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
 
 
 def load_recipe(path: str | Path, sets: list[str] | None = None, cwd: Path | None = None) -> Recipe:
@@ -642,6 +668,11 @@ def load_recipe(path: str | Path, sets: list[str] | None = None, cwd: Path | Non
         if not value.is_absolute():
             value = ((cwd or Path.cwd()) if via_set else path.resolve().parent) / value
             setattr(section, attr, value)
+        if kind == "writable":
+            why = _writable_folder(value)
+            if why:
+                raise InputError(f"{field}: {why}: {value} (a relative path resolves against {where})")
+            continue
         if not _is(value, kind):
             other = "folder" if kind == "file" else "file"
             found = f"is a {other}, expected a {kind}" if _is(value, other) else f"{kind} not found"

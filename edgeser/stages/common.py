@@ -117,7 +117,8 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
     d, aug = ctx.recipe.distill, ctx.recipe.data.augment
     return kd_fit(model, kd, cfg, temperature=d.temperature, alpha=d.alpha, seed=seed, desc=desc,
                   smote=aug.smote and use_smote, freq_mask=aug.freq_mask, hint_weight=d.hint_weight,
-                  progress=ctx.progress, checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers, **kw)
+                  progress=ctx.progress, checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers,
+                  compute=ctx.recipe.train, **kw)
 
 
 def student_select(kd: KDSet, select: str):

@@ -42,7 +42,9 @@ def open_store(ctx: Context):
     from edgeser.data.store import AudioStore
 
     d = ctx.recipe.data
-    return AudioStore(d.store if d.store is not None else ctx.run_dir / "data" / "store", d.sample_rate)
+    # under torchrun only rank 0 writes; the other ranks read what it decoded
+    return AudioStore(d.store if d.store is not None else ctx.run_dir / "data" / "store", d.sample_rate,
+                      writable=dist.is_main())
 
 
 def run(ctx: Context) -> dict:

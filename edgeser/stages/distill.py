@@ -32,5 +32,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("distill", metrics)
 
 
-STAGE = Stage("distill", run, sections=("student", "distill"), inputs=(TEACHER,),
+STAGE = Stage("distill", run, sections=("student", "distill", "train"), inputs=(TEACHER,),
               outputs=(stage_file("distill", MODEL), stage_file("distill", METRICS), LOGITS))

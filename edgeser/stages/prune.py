@@ -104,5 +104,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("prune", metrics)
 
 
-STAGE = Stage("prune", run, sections=("prune", "target"), inputs=(stage_file("distill", MODEL), LOGITS),
+STAGE = Stage("prune", run, sections=("prune", "target", "train"), inputs=(stage_file("distill", MODEL), LOGITS),
               outputs=(stage_file("prune", MODEL), stage_file("prune", METRICS)))

@@ -69,5 +69,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("qat", metrics)
 
 
-STAGE = Stage("qat", run, sections=("qat",), inputs=(stage_file("prune", MODEL), LOGITS),
+STAGE = Stage("qat", run, sections=("qat", "train"), inputs=(stage_file("prune", MODEL), LOGITS),
               outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)))

@@ -38,7 +38,7 @@ def train_teacher(ctx: Context, strategy: str | None = None, desc: str = "teache
     info |= fit(model, corpus, cfg, teacher_loss(cfg, source, dist.rank_seed(ctx.recipe.seed), labels),
                 seed=ctx.recipe.seed + seeds.TEACHER_FIT,
                 progress=ctx.progress, desc=desc, params=params_for(model, strategy), on_epoch=on_epoch,
-                checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers,
+                checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers, compute=ctx.recipe.train,
                 augment_fn=make_augment(ctx.recipe.data.augment, corpus.splits["train"].x.shape[1],
                                         dist.rank_seed(ctx.recipe.seed)))
     model.freeze_bottom(0)
@@ -97,5 +97,5 @@ def run(ctx: Context) -> dict:
     return ctx.finish("teacher", metrics)
 
 
-STAGE = Stage("teacher", run, sections=("teacher",), outputs=(TEACHER, stage_file("teacher", METRICS)),
+STAGE = Stage("teacher", run, sections=("teacher", "train"), outputs=(TEACHER, stage_file("teacher", METRICS)),
               files=external_files)
