@@ -104,11 +104,11 @@ def kd_set_for(ctx: Context) -> KDSet:
 
 def run_store(ctx: Context):
     """The run's audio store when its corpus lives there (the data stage), else None (an in-memory corpus)."""
-    from edgeser.data.rows import Clips
+    from edgeser.data.rows import Clips, Stack
 
-    if not isinstance(ctx.corpus.splits["train"].x, Clips):
-        return None
-    return ctx.corpus.splits["train"].x.utterances.store
+    x = ctx.corpus.splits["train"].x
+    parts = x.parts if isinstance(x, Stack) else [x]  # generated clips appended (append_rows): a Stack
+    return next((p.utterances.store for p in parts if isinstance(p, Clips)), None)
 
 
 def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_smote: bool = True, **kw) -> dict:
