@@ -44,14 +44,10 @@ def predict_split(model, split, batch_size: int = 64) -> torch.Tensor:
     """Logits of a split: its whole utterances when it has them (equal lengths batched), else its clips."""
     if getattr(split, "full", None) is None:
         return predict(model, split.x, batch_size)
-    from edgeser.data.dataset import utterance_lengths
+    from edgeser.runtimes import length_groups
 
-    lengths = utterance_lengths(split.full)
-    out: list = [None] * len(lengths)
-    by_len: dict[int, list[int]] = {}
-    for i, m in enumerate(lengths.tolist()):
-        by_len.setdefault(m, []).append(i)
-    for group in by_len.values():  # equal lengths batched, batch_size utterances read at a time
+    out: list = [None] * len(split.full)
+    for group in length_groups(split.full):  # equal lengths batched, batch_size utterances read at a time
         for a in range(0, len(group), batch_size):
             idx = group[a : a + batch_size]
             logits = predict(model, torch.from_numpy(np.stack([split.full[i] for i in idx])), batch_size)
