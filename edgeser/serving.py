@@ -1,8 +1,11 @@
 """In-process dynamic batching (in the spirit of Triton's dynamic batcher) and a closed-loop load test.
 
 `DynamicBatcher` queues single requests from many threads; one worker thread takes the first request,
-gathers more until `max_batch` are queued or `max_wait_ms` has passed since that first request arrived,
-stacks them, calls `run_batch` once and hands each caller its own row. `max_batch=1` is plain batch-1
+gathers more until it has as many as it expects (the most requests that were in flight at once over the
+last `history` batches, at most `max_batch`) or `max_wait_ms` has passed since that first request arrived,
+stacks them, calls `run_batch` once and hands each caller its own row. Expecting company only where it has
+been seen is what keeps a lone client from paying max_wait_ms on every call, and lets a full house run
+as soon as it is all there instead of at the deadline. `max_batch=1` is plain batch-1
 serving through the same queue and thread (the baseline). `load_test` drives a batcher with N client
 threads, `compare_batching` measures batch-1 serving against dynamic batching for an ONNX model.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -42,12 +45,19 @@ class DynamicBatcher:
     progress finishes, requests not yet run get a RuntimeError.
     """
 
-    def __init__(self, run_batch: RunBatch, max_batch: int = 32, max_wait_ms: float = 2.0, name: str = "batcher"):
+    def __init__(self, run_batch: RunBatch, max_batch: int = 32, max_wait_ms: float = 2.0, name: str = "batcher",
+                 history: int = 16):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if int(history) < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
         self.run_batch, self.max_batch, self.max_wait_ms, self.name = run_batch, int(max_batch), float(max_wait_ms), name
+        # requests submitted and not yet answered; the most of them at once since the last gathering began,
+        # and that peak for each of the last `history` gatherings: the company the worker waits for
+        self._inflight = self._peak = 0
+        self._peaks: deque[int] = deque(maxlen=int(history))
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()  # orders submit() against close(); guards the counters
         self._closed = False
@@ -65,8 +75,17 @@ class DynamicBatcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.name}: submit() after close()")
+            self._inflight += 1
+            self._peak = max(self._peak, self._inflight)
             self._queue.put(req)
         return req.future
+
+    @property
+    def expected_batch(self) -> int:
+        """How many requests the worker gathers before max_wait_ms runs out: the most that were in flight at
+        once over the last `history` gatherings (the current one included), at most max_batch."""
+        with self._lock:
+            return min(self.max_batch, max(self._peak, max(self._peaks, default=1)))
 
     def infer(self, x: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """submit(x).result(timeout)."""
@@ -120,12 +139,19 @@ class DynamicBatcher:
                 self._run(reqs)
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        """Requests to run with `first`: up to max_batch, waiting until max_wait_ms after first arrived.
-        Returns (requests, stop) where stop means close() was called meanwhile."""
+        """Requests to run with `first`: those already queued (up to max_batch), then more until there are
+        `expected_batch` of them or max_wait_ms has passed since first arrived. Returns (requests, stop)
+        where stop means close() was called meanwhile."""
+        with self._lock:
+            self._peaks.append(self._peak)
+            self._peak = self._inflight
+        expect = self.expected_batch
         batch = [first]
         deadline = first.t_submit + self.max_wait_ms / 1000
         while len(batch) < self.max_batch:
             remaining = deadline - time.perf_counter()
+            if len(batch) >= expect:
+                remaining = 0.0  # everyone expected is here: take what is queued, wait no longer
             try:
                 req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -135,8 +161,17 @@ class DynamicBatcher:
             batch.append(req)
         return batch, False
 
+    def _settled(self, n: int) -> None:
+        """n queued requests leave the service: counted out BEFORE their callers are answered, or a caller
+        that resubmits at once would be counted in flight twice, and a lone client would look like two."""
+        with self._lock:
+            self._inflight -= n
+
     def _run(self, reqs: list[_Request]) -> None:
+        n = len(reqs)
         reqs = [r for r in reqs if r.future.set_running_or_notify_cancel()]  # drop requests the caller cancelled
+        if n > len(reqs):
+            self._settled(n - len(reqs))
         if not reqs:
             return
         try:
@@ -146,10 +181,12 @@ class DynamicBatcher:
         except BaseException as e:  # noqa: BLE001  every caller of this call gets the error
             with self._lock:
                 self._errors += 1
+                self._inflight -= len(reqs)
             for r in reqs:
                 r.future.set_exception(e)
             return
         with self._lock:  # count before answering: a caller that got its result sees it in stats
+            self._inflight -= len(reqs)
             self._batches += 1
             self._requests += len(reqs)
             self._sizes[len(reqs)] += 1
@@ -165,6 +202,7 @@ class DynamicBatcher:
                 break
             if item is not _STOP:
                 pending.append(item)
+        self._settled(len(pending))
         for r in pending:
             if r.future.set_running_or_notify_cancel():
                 r.future.set_exception(RuntimeError(f"{self.name} closed before this request ran"))
@@ -297,25 +335,44 @@ def _default_request(path: Path, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * 0.1).astype(np.float32)
 
 
+def batch_call_latency(run_batch: RunBatch, request: np.ndarray, batch: int, runs: int = 20,
+                       warmup: int = 3) -> dict:
+    """Latency of one direct run_batch call on `batch` copies of the request (no queue, no thread): the
+    model's own throughput ceiling at that batch is batch / p50."""
+    from edgeser.timing import time_calls
+
+    x = np.ascontiguousarray(np.stack([request] * batch))
+    lat = _percentiles(time_calls(lambda: run_batch(x), runs, warmup))
+    return {**lat, "runs": runs, "batch": batch, "ceiling_rps": batch / (lat["p50_ms"] / 1000)}
+
+
 def compare_batching(onnx_path: str | Path, concurrencies: tuple[int, ...] = (1, 8, 32),
                      threads: tuple[int, ...] = (1, 2), max_wait_ms: tuple[float, ...] = (1.0, 2.0, 5.0),
                      max_batch: int = 32, duration_s: float = 3.0, warmup: int = 2, single_runs: int = 50,
                      request: np.ndarray | None = None, seed: int = 0) -> dict:
     """Batch-1 serving (max_batch=1) against dynamic batching (max_batch, each max_wait_ms) for an ONNX model,
     per onnxruntime intra-op thread count and client concurrency, plus the single-request latency without
-    the service. Each load test runs `duration_s` seconds.
+    the service and the direct call at batch max_batch (the model's throughput ceiling). Each load test runs
+    `duration_s` seconds.
 
-    Returns {"single": {threads: latency dict}, "rows": [...]}; a row is load_test's dict plus "threads",
-    "mode" ("batch1" or "dynamic"), and for dynamic rows "speedup" (throughput over the batch-1 row of the same
-    threads and concurrency) and "p95_over_single_p50" (p95 over the single-request p50 of the same threads).
+    Returns {"single": {threads: latency dict}, "ceiling": {threads: batch_call_latency dict}, "rows": [...]};
+    a row is load_test's dict plus "threads", "mode" ("batch1" or "dynamic"), and for dynamic rows:
+      speedup              throughput over the batch-1 row of the same threads and concurrency;
+      p95_over_single_p50  p95 over the single-request p50 of the same threads;
+      efficiency           throughput over the ceiling (max_batch / the direct batch-max_batch call's p50);
+      p99_bound_ms         max_wait_ms + 2 x that call's p50: a request waits at most for the call in progress,
+                           its own gathering and its own call, and p99_within_bound says whether p99 kept to it;
+      overhead             p50 over the single-request p50, minus 1: what the service adds to a call.
     """
     path = Path(onnx_path)
     x = request if request is not None else _default_request(path, seed)
     single: dict[int, dict] = {}
+    ceiling: dict[int, dict] = {}
     rows: list[dict] = []
     for t in threads:
         run_batch = onnx_batch_fn(path, threads=t)
         single[t] = single_request_latency(run_batch, x, runs=single_runs)
+        ceiling[t] = batch_call_latency(run_batch, x, max_batch)
         for c in concurrencies:
             with DynamicBatcher(run_batch, max_batch=1, max_wait_ms=0.0, name="batch1") as b:
                 base = {"threads": t, "mode": "batch1", **load_test(b, x, c, duration_s=duration_s, warmup=warmup)}
@@ -324,7 +381,11 @@ def compare_batching(onnx_path: str | Path, concurrencies: tuple[int, ...] = (1,
                 with DynamicBatcher(run_batch, max_batch=max_batch, max_wait_ms=w, name="dynamic") as b:
                     r = load_test(b, x, c, duration_s=duration_s, warmup=warmup)
                 speedup = r["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else float("nan")
+                bound = w + 2 * ceiling[t]["p50_ms"]
                 rows.append({"threads": t, "mode": "dynamic", **r, "speedup": speedup,
-                             "p95_over_single_p50": r["p95_ms"] / single[t]["p50_ms"]})
+                             "p95_over_single_p50": r["p95_ms"] / single[t]["p50_ms"],
+                             "efficiency": r["throughput_rps"] / ceiling[t]["ceiling_rps"],
+                             "p99_bound_ms": bound, "p99_within_bound": bool(r["p99_ms"] <= bound),
+                             "overhead": r["p50_ms"] / single[t]["p50_ms"] - 1})
     return {"model": str(path), "request_shape": list(x.shape), "duration_s": duration_s,
-            "single": single, "rows": rows}
+            "single": single, "ceiling": ceiling, "rows": rows}

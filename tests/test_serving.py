@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeser.serving import (DynamicBatcher, compare_batching, load_test, onnx_batch_fn,
+from edgeser.serving import (DynamicBatcher, batch_call_latency, compare_batching, load_test, onnx_batch_fn,
                              single_request_latency)
 
 W = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
@@ -78,15 +78,59 @@ def test_batches_form_under_concurrency_and_respect_max_batch():
     assert sum(k * v for k, v in stats["histogram"].items()) == stats["requests"] == len(xs)
 
 
-def test_max_wait_bounds_a_lone_request():
+def _burst(b: DynamicBatcher, n: int) -> None:
+    """n requests in flight at once (then answered): the batcher has seen company of n."""
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda x: b.infer(x, timeout=5), requests(n, seed=11)))
+
+
+def test_max_wait_bounds_a_lone_request_once_company_has_been_seen():
     x = requests(1)[0]
-    with DynamicBatcher(matmul, max_batch=32, max_wait_ms=50) as b:
-        b.infer(x, timeout=5)  # warm
+    with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=50) as b:
+        _burst(b, 8)
+        assert b.expected_batch > 1
         t = time.perf_counter()
         y = b.infer(x, timeout=5)
         waited = time.perf_counter() - t
     assert np.allclose(y, matmul(x[None])[0])
-    assert 0.045 <= waited < 0.05 + 0.25  # waits for company up to max_wait, not longer
+    assert 0.045 <= waited < 0.05 + 0.25  # waits for the company it expects up to max_wait, not longer
+
+
+def test_a_lone_client_never_waits_for_company():
+    """Closed loop, one client: only one request is ever in flight, so none waits max_wait_ms (50 ms)."""
+    x = requests(1)[0]
+    with DynamicBatcher(matmul, max_batch=32, max_wait_ms=50) as b:
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            b.infer(x, timeout=5)
+            times.append(time.perf_counter() - t)
+        assert b.expected_batch == 1
+    assert max(times) < 0.025
+
+
+def test_expected_company_is_forgotten_after_history_gatherings():
+    x = requests(1)[0]
+    with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=20, history=4) as b:
+        _burst(b, 8)
+        assert b.expected_batch >= 2
+        for _ in range(6):  # lone calls: each gathering's peak is 1
+            b.infer(x, timeout=5)
+        assert b.expected_batch == 1
+        t = time.perf_counter()
+        b.infer(x, timeout=5)
+        assert time.perf_counter() - t < 0.015
+
+
+def test_a_full_house_runs_before_the_deadline():
+    """8 closed-loop clients against max_batch 32 and max_wait 200 ms: once 8 have been seen in flight, a
+    gathering that has all 8 runs at once instead of waiting 200 ms for 24 that never come."""
+    x = requests(1)[0]
+    with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=200) as b:
+        r = load_test(b, x, concurrency=8, requests_per_client=10, duration_s=20, warmup=2)
+    assert r["requests"] == 80 and r["errors"] == 0
+    assert r["p50_ms"] < 100  # about one 2 ms call; the fixed wait would make it >= 200
+    assert r["mean_batch_size"] > 4
 
 
 def test_a_full_batch_runs_without_waiting_for_max_wait():
@@ -273,3 +317,20 @@ def test_compare_batching_on_a_tiny_onnx(tiny_onnx):
     dyn = out["rows"][3]
     assert dyn["speedup"] == pytest.approx(dyn["throughput_rps"] / base["throughput_rps"])
     assert dyn["mean_batch_size"] <= 4
+    ceil = out["ceiling"][1]
+    assert ceil["batch"] == 32 and ceil["ceiling_rps"] == pytest.approx(32 / (ceil["p50_ms"] / 1000))
+    assert dyn["efficiency"] == pytest.approx(dyn["throughput_rps"] / ceil["ceiling_rps"])
+    assert dyn["p99_bound_ms"] == pytest.approx(1.0 + 2 * ceil["p50_ms"])
+    assert dyn["p99_within_bound"] == (dyn["p99_ms"] <= dyn["p99_bound_ms"])
+
+
+def test_batch_call_latency_calls_run_batch_at_the_batch_size():
+    shapes = []
+
+    def fn(x):
+        shapes.append(x.shape)
+        return x @ W
+
+    r = batch_call_latency(fn, requests(1)[0], 8, runs=5, warmup=1)
+    assert set(shapes) == {(8, 16)} and len(shapes) == 6
+    assert r["batch"] == 8 and r["ceiling_rps"] == pytest.approx(8000 / r["p50_ms"])
