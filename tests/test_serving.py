@@ -109,6 +109,26 @@ def test_a_lone_client_never_waits_for_company():
     assert max(times) < 0.025
 
 
+def test_a_caller_that_resubmits_the_moment_it_is_answered_counts_once():
+    """A request is counted out of flight before its caller is answered: a client that resubmits from inside
+    its answer (a done callback runs before set_result returns) is still one client, not two."""
+    x = requests(1)[0]
+    with DynamicBatcher(matmul, max_batch=32, max_wait_ms=50) as b:
+        done = threading.Event()
+        left = [10]
+
+        def again(_f):
+            left[0] -= 1
+            if left[0] > 0:
+                b.submit(x).add_done_callback(again)
+            else:
+                done.set()
+
+        b.submit(x).add_done_callback(again)
+        assert done.wait(5)
+        assert b.expected_batch == 1
+
+
 def test_expected_company_is_forgotten_after_history_gatherings():
     x = requests(1)[0]
     with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=20, history=4) as b:
