@@ -129,6 +129,24 @@ def test_a_caller_that_resubmits_the_moment_it_is_answered_counts_once():
         assert b.expected_batch == 1
 
 
+def test_a_lone_request_runs_in_the_calling_thread_and_a_crowd_in_the_worker():
+    where = []
+
+    def fn(x):
+        where.append((threading.current_thread().name, len(x)))
+        return x @ W
+
+    x = requests(1)[0]
+    with DynamicBatcher(fn, max_batch=32, max_wait_ms=20) as b:
+        b.infer(x, timeout=5)
+        assert where == [(threading.current_thread().name, 1)]
+        assert b.stats["batches"] == 1 and b.stats["requests"] == 1
+        where.clear()
+        futures = [b.submit(x) for x in requests(6)]  # submit() always queues
+        [f.result(5) for f in futures]
+    assert where and all(name == "batcher-worker" for name, _ in where)
+
+
 def test_expected_company_is_forgotten_after_history_gatherings():
     x = requests(1)[0]
     with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=20, history=4) as b:
