@@ -80,7 +80,7 @@ class DynamicBatcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.name}: submit() after close()")
-            alone = inline and self._inflight == 0 and max(self._peak, max(self._peaks, default=1)) <= 1
+            alone = inline and self._inflight == 0 and self._company() <= 1
             self._inflight += 1
             self._peak = max(self._peak, self._inflight)
             if not alone:
@@ -92,7 +92,11 @@ class DynamicBatcher:
         """How many requests the worker gathers before max_wait_ms runs out: the most that were in flight at
         once over the last `history` gatherings (the current one included), at most max_batch."""
         with self._lock:
-            return min(self.max_batch, max(self._peak, max(self._peaks, default=1)))
+            return min(self.max_batch, self._company())
+
+    def _company(self) -> int:
+        """(lock held) the most requests in flight at once since the oldest gathering remembered."""
+        return max(self._peak, max(self._peaks, default=1))
 
     def infer(self, x: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """submit(x).result(timeout), except that a lone request (nothing in flight, and no company expected)
