@@ -2,7 +2,7 @@
 
 `DynamicBatcher` queues single requests from many threads; one worker thread takes the first request,
 gathers more until it has as many as it expects (the most requests that were in flight at once over the
-last `history` batches, at most `max_batch`) or `max_wait_ms` has passed since that first request arrived,
+last `history` gatherings, at most `max_batch`) or `max_wait_ms` has passed since that first request arrived,
 stacks them, calls `run_batch` once and hands each caller its own row. Expecting company only where it has
 been seen is what keeps a lone client from paying max_wait_ms on every call, and lets a full house run
 as soon as it is all there instead of at the deadline. `max_batch=1` is plain batch-1
@@ -262,12 +262,20 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": float(np.mean(ms))}
 
 
-def single_request_latency(run_batch: RunBatch, request: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
-    """Latency of one request run alone at batch 1, calling run_batch directly (no queue, no thread)."""
+def batch_call_latency(run_batch: RunBatch, request: np.ndarray, batch: int, runs: int = 20,
+                       warmup: int = 3) -> dict:
+    """Latency of one direct run_batch call on `batch` copies of the request (no queue, no thread): the
+    model's own throughput ceiling at that batch is batch / p50."""
     from edgeser.timing import time_calls
 
-    x = request[None]
-    return {**_percentiles(time_calls(lambda: run_batch(x), runs, warmup)), "runs": runs}
+    x = np.ascontiguousarray(np.stack([request] * batch))
+    lat = _percentiles(time_calls(lambda: run_batch(x), runs, warmup))
+    return {**lat, "runs": runs, "batch": batch, "ceiling_rps": batch / (lat["p50_ms"] / 1000)}
+
+
+def single_request_latency(run_batch: RunBatch, request: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
+    """Latency of one request run alone at batch 1, calling run_batch directly (no queue, no thread)."""
+    return batch_call_latency(run_batch, request, 1, runs, warmup)
 
 
 def load_test(batcher: DynamicBatcher, request: np.ndarray, concurrency: int,
@@ -350,17 +358,6 @@ def _default_request(path: Path, seed: int) -> np.ndarray:
     if not all(isinstance(d, int) for d in shape):
         raise ValueError(f"{path}: input shape {shape} is not static past the batch axis; pass request=")
     return (np.random.default_rng(seed).standard_normal(shape) * 0.1).astype(np.float32)
-
-
-def batch_call_latency(run_batch: RunBatch, request: np.ndarray, batch: int, runs: int = 20,
-                       warmup: int = 3) -> dict:
-    """Latency of one direct run_batch call on `batch` copies of the request (no queue, no thread): the
-    model's own throughput ceiling at that batch is batch / p50."""
-    from edgeser.timing import time_calls
-
-    x = np.ascontiguousarray(np.stack([request] * batch))
-    lat = _percentiles(time_calls(lambda: run_batch(x), runs, warmup))
-    return {**lat, "runs": runs, "batch": batch, "ceiling_rps": batch / (lat["p50_ms"] / 1000)}
 
 
 def compare_batching(onnx_path: str | Path, concurrencies: tuple[int, ...] = (1, 8, 32),
