@@ -171,13 +171,15 @@ def _logits(model, x, mel_augment):
 
 
 def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float, hints=None, hint_weight=0.0,
-                 labels=None, mel_augment=None):
+                 labels=None, mel_augment=None, wave_augment=None):
     """Logit KD, plus (when `hints` = {block: (teacher features (N, C), regressor)}) feature distillation:
     MSE between the L2-normalised regressed student features and the teacher's, on real rows only.
     `labels` (train.label_loss): the label term against vote distributions instead of CE. `mel_augment`: applied
     to the model's log-mel in training (frequency masking)."""
 
     def loss(model, x, y, idx):
+        if wave_augment is not None and x.dim() == 2:  # student-side: the teacher's logits are of the view as is
+            x = wave_augment(x)
         if not hints:
             return kd_loss(_logits(model, x, mel_augment), teacher_logits[idx], y, temperature, alpha, labels, idx)
         logits, pooled = model.forward_features(x if mel_augment is None else _mel(model, x, mel_augment))
@@ -190,11 +192,11 @@ def kd_objective(teacher_logits: torch.Tensor, temperature: float, alpha: float,
                 total = total + hint_weight / len(hints) * F.mse_loss(s, want, reduction="sum") / int(real.sum())
         return total
 
-    return Stochastic(loss, generators(mel_augment))
+    return Stochastic(loss, generators(mel_augment, wave_augment))
 
 
 def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Generator, crop_min: float,
-                      min_samples: int, labels=None, mel_augment=None):
+                      min_samples: int, labels=None, mel_augment=None, wave_augment=None):
     """KD from `source` computed on the batch itself (QAT from its FP32 student): each batch is first cut to a
     random crop of crop_min..1 of its length, so the quantised model learns the source's decisions on short
     input too, not only at the training clip length."""
@@ -206,13 +208,15 @@ def live_kd_objective(source, temperature: float, alpha: float, gen: torch.Gener
         m = max(min_samples, min(n, int(n * frac)))
         start = int(torch.randint(0, n - m + 1, (), generator=gen))
         xc = x[:, start : start + m]
+        if wave_augment is not None:  # the source sees the same input: the model learns its decisions on it
+            xc = wave_augment(xc)
         if model_device(source) != xc.device:  # on CUDA the FP32 source runs beside the model (kd_fit moves it back)
             source.to(xc.device)
         with torch.no_grad():
             target = source(xc)
         return kd_loss(_logits(model, xc, mel_augment), target, y, temperature, alpha, labels, idx)
 
-    return Stochastic(loss, [gen, *generators(mel_augment)])
+    return Stochastic(loss, [gen, *generators(mel_augment, wave_augment)])
 
 
 def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) -> tuple[Split, torch.Tensor]:
@@ -231,14 +235,17 @@ def smote_rows(model: Student, train: Split, logits: torch.Tensor, seed: int) ->
 
 
 def kd_fit(model, kd: KDSet, cfg, *, temperature: float, alpha: float, seed: int, desc: str, smote: bool = False,
-           freq_mask: bool = False, hint_weight: float = 0.0, use_hints: bool = False, kd_source=None,
-           live_alpha: float | None = None, crop_min: float = 1.0, progress=None, checkpoint=None, **kw) -> dict:
+           freq_mask: bool = False, clipping_db: float = 0.0, clipping_p: float = 0.5, hint_weight: float = 0.0,
+           use_hints: bool = False, kd_source=None, live_alpha: float | None = None, crop_min: float = 1.0,
+           progress=None, checkpoint=None, **kw) -> dict:
     """Train `model` (cfg: the stage's train.Train options) by KD from the KD set's teacher logits, or live
     from `kd_source` on random crops of the same views (live_kd_objective, with live_alpha and crop_min).
 
-    freq_mask: frequency masking of the model's log-mel during training; smote: SMOTE rows in the log-mel
-    space (the float student only: QAT's front-end is quantised, so it sees real audio only). use_hints: feature
-    distillation from the KD set's hint features, through new linear regressors. `kw` goes to train.fit."""
+    freq_mask: frequency masking of the model's log-mel during training; clipping_db / clipping_p: the model's
+    input clipped (data.augment.clip_peaks), its targets those of the unclipped view; smote: SMOTE rows in the
+    log-mel space (the float student only: QAT's front-end is quantised, so it sees real audio only). use_hints:
+    feature distillation from the KD set's hint features, through new linear regressors. `kw` goes to
+    train.fit."""
     corpus, logits = kd.corpus, kd.logits
     extra = None
     if smote:
@@ -250,6 +257,12 @@ def kd_fit(model, kd: KDSet, cfg, *, temperature: float, alpha: float, seed: int
 
         gen = torch.Generator().manual_seed(dist.rank_seed(seed))  # each rank its own masks (seed on rank 0)
         mel_augment = Stochastic(lambda mel: mask(mel, gen, fraction=0.2), [gen])
+    wave_augment = None
+    if clipping_db > 0:
+        from edgeser.data.augment import clip_peaks
+
+        gen_clip = torch.Generator().manual_seed(dist.rank_seed(seed) + 1)
+        wave_augment = Stochastic(lambda x: clip_peaks(x, gen_clip, clipping_db, clipping_p), [gen_clip])
     hints, params = None, None
     if use_hints and kd.hints:
         torch.manual_seed(seed)
@@ -258,11 +271,11 @@ def kd_fit(model, kd: KDSet, cfg, *, temperature: float, alpha: float, seed: int
         params = list(model.parameters()) + [p for _, reg in hints.values() for p in reg.parameters()]
     # None: CE; else class-balanced CE (cfg.balanced) or the vote distributions (data.labels: soft)
     labels = label_loss(corpus.splits["train"], len(corpus.classes), cfg.balanced)
-    objective = kd_objective(logits, temperature, alpha, hints, hint_weight, labels, mel_augment)
+    objective = kd_objective(logits, temperature, alpha, hints, hint_weight, labels, mel_augment, wave_augment)
     if kd_source is not None:
         objective = live_kd_objective(kd_source, temperature, live_alpha, torch.Generator().manual_seed(seed),
                                       crop_min, min_samples=kd_source.frontend.kernel_samples, labels=labels,
-                                      mel_augment=mel_augment)
+                                      mel_augment=mel_augment, wave_augment=wave_augment)
     with torch_threads(1):
         info = fit(model, corpus, cfg, objective, seed=seed, progress=progress, desc=desc, extra=extra,
                    params=params, checkpoint=checkpoint, **kw)

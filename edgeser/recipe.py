@@ -72,6 +72,12 @@ class Augment(_Section):
     noise_folder: Path | None = Field(None, description="WAVs of noise; generated babble when empty")
     smote: bool = Field(False, description="oversample minority classes in the student's feature (log-mel) space")
     p: float = Field(0.5, ge=0, le=1, description="probability of each waveform augmentation, per example")
+    # student-side: the teacher's logits stay those of the unclipped view, so the students learn to decide as if
+    # the clip had not clipped. Measured on the espeak varlen corpus: a log-mel CNN teacher kept its decision at
+    # +6 dB (clipped at full scale) on 92.5 % of validation clips, and the student distilled from it on 94.5 %.
+    clipping_db: float = Field(6.0, ge=0, le=40, description="students see each view with probability `p` "
+                               "clipped as if played up to this many dB past its peak (the teacher's logits stay "
+                               "those of the unclipped view); 0 = off")
     generative: Generative = Field(Generative(), description="WaveGAN clips for the minority classes of the "
                                    "train split")
 
@@ -400,6 +406,11 @@ class QAT(Train):
                                 "up to the loudest one's range before the INT8 quantiser; 1 = off")
     # kd_from student: weight of the KD term (1 - alpha on the labels): 1.0 = learn the FP32 model's decisions
     # only; and the shortest random crop of each batch, as a fraction of its length (short input included)
+    # after QAT, each activation scale times the factor (0.5..1.3) that keeps the FP32 student's softmax best on
+    # the calibration clips (quant/calibrate.search_scales; kd_from student)
+    scale_search: bool = Field(True, description="kd_from student: after QAT, search each activation scale "
+                               "(x 0.5..1.3) for the INT8 model closest to the FP32 student on the calibration "
+                               "clips")
     alpha: float = Field(1.0, ge=0, le=1, description="kd_from student: weight of the KD term (1 - alpha on the "
                          "labels); 1.0 = the FP32 model's decisions only")
     crop_min: float = Field(0.5, gt=0, le=1, description="kd_from student: the shortest random crop of each batch, "

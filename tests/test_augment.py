@@ -185,3 +185,23 @@ def test_augmenter_deterministic_and_identity_when_off():
     assert ya[0].shape == x.shape and torch.equal(x, x0)
     assert torch.equal(A.Augmenter(noise=True, p=0.0)(x), x)
     assert not torch.isclose(A.Augmenter(noise=True, p=1.0)(x), x).all(dim=1).any()
+
+
+def test_clip_peaks_clamps_at_the_drawn_level_below_each_peak():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2000, generator=g) * torch.linspace(0.01, 0.9, 64)[:, None]
+    y = A.clip_peaks(x, torch.Generator().manual_seed(1), 6.0, 0.5)
+    peak, limit = x.abs().amax(1), y.abs().amax(1)
+    clipped = limit < peak
+    assert 16 < int(clipped.sum()) < 48  # p = 0.5 of 64 clips
+    ratio_db = 20 * torch.log10(peak[clipped] / limit[clipped])
+    assert float(ratio_db.min()) >= 0 and float(ratio_db.max()) <= 6.0 + 1e-4  # 0..6 dB past the peak
+    assert torch.equal(y[~clipped], x[~clipped])  # the others untouched
+    inside = x[clipped].abs() < limit[clipped, None]
+    assert torch.equal(y[clipped][inside], x[clipped][inside])  # only the samples past the limit change
+    assert torch.equal(A.clip_peaks(x, torch.Generator().manual_seed(1), 0.0, 1.0), x)  # 0 dB: no change
+    assert torch.equal(A.clip_peaks(x, torch.Generator().manual_seed(1), 6.0, 0.0), x)  # p = 0: no change
+    again = A.clip_peaks(x, torch.Generator().manual_seed(1), 6.0, 0.5)
+    assert torch.equal(again, y)  # its generator decides
+    with pytest.raises(ValueError, match="max_db"):
+        A.clip_peaks(x, g, -1.0, 0.5)

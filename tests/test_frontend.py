@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgeser.models.frontend import LogMel, mel_filterbank
 
@@ -102,3 +103,43 @@ def test_quantised_frontend_levels_each_clip_on_its_own():
         # (a batched and a single conv round a few of the 10^4 values to the neighbouring int8 step: 0.002 here)
         diff = float((batch[i] - qf(x[i : i + 1])[0]).abs().max())
         assert diff < 0.01, f"clip {i} depends on its batch (max |diff| {diff:.3f})"
+
+
+def _calibrated_quant_frontend(x: torch.Tensor):
+    from edgeser.quant.qstudent import QuantFrontend
+
+    qf = QuantFrontend(LogMel())
+    qf.train()
+    qf(x)  # the observers initialise their scales on this batch
+    qf.eval()
+    for m in qf.modules():
+        if hasattr(m, "observe"):
+            m.observe = False
+    return qf
+
+
+def test_quantised_frontend_levels_each_frame_on_its_own():
+    """A frame 40 dB quieter than the rest of its clip reaches the INT8 DFT through the same int8 codes as at
+    full level: its log-mel only moves by 2 ln(0.01), bit for bit up to float rounding. One level per clip
+    (the front-end before per-frame levelling) left it on a few int8 steps: its log-mel moved by up to nats."""
+    g = torch.Generator().manual_seed(3)
+    hop, k = 400, 801
+    x = torch.randn(2, 16000, generator=g) * 0.3
+    x[:, :8000] += torch.sin(torch.arange(8000) * 0.07) * 0.6  # a loud first half
+    qf = _calibrated_quant_frontend(x)
+    quiet = x.clone()
+    quiet[:, 8000:] *= 0.01  # the second half 40 dB down
+    loud_frames = qf.frames(x, restore=True)
+    quiet_frames = qf.frames(quiet, restore=True)
+    first = -(-8000 // hop)  # the first frame wholly in the second half
+    inside = slice(first, qf.n_frames(16000))
+    moved = quiet_frames[..., inside] - loud_frames[..., inside]
+    assert inside.stop - inside.start >= 15 and k == qf.kernel_samples
+    # float32 rounding of the division by each frame's level and of the log: 1e-4 of a nat
+    assert float((moved - 2 * math.log(0.01)).abs().max()) < 1e-3
+    # the same, one level per clip: the quiet frames' int8 codes are those of a 40 dB quieter input
+    per_clip = _calibrated_quant_frontend(x)
+    per_clip.levelled = lambda v: (F.unfold(v[:, None, None, :], (1, k), stride=(1, hop)),
+                                   torch.ones(v.shape[0], 1, per_clip.n_frames(v.shape[1])))
+    bad = per_clip.frames(quiet, restore=True)[..., inside] - per_clip.frames(x, restore=True)[..., inside]
+    assert float((bad - 2 * math.log(0.01)).abs().max()) > 0.1

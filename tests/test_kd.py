@@ -44,6 +44,38 @@ def test_objective_masks_the_quantised_students_log_mel():
     assert not torch.allclose(ours, q(x))
 
 
+class _Seen(torch.nn.Module):
+    """Logits from the mean of each input, and the inputs it was called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1, 4))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return x.mean(1, keepdim=True) * self.w
+
+
+def test_objective_clips_the_students_input_and_keeps_the_teachers_targets():
+    """The student learns the teacher's logits of the unclipped view from the clipped one (clipping_db); the
+    live objective (QAT) feeds the same clipped input to its FP32 source and to the model."""
+    x = torch.randn(4, 800)
+    clip = lambda v: v.clamp(-0.5, 0.5)  # noqa: E731
+    targets = torch.randn(4, 4)
+    student = _Seen()
+    loss = kd.kd_objective(targets, 1.0, 1.0, wave_augment=clip)(student, x, torch.zeros(4, dtype=torch.long),
+                                                                  torch.arange(4))
+    assert torch.equal(student.seen[-1], clip(x))  # the student saw the clipped view
+    want = torch.nn.functional.kl_div(torch.log_softmax(student(clip(x)), 1), torch.log_softmax(targets, 1),
+                                      log_target=True, reduction="batchmean")
+    assert torch.allclose(loss, want)  # against the teacher's logits as cached, of the view as it was
+    source, model = _Seen(), _Seen()
+    live = kd.live_kd_objective(source, 1.0, 1.0, torch.Generator().manual_seed(0), 1.0, 800, wave_augment=clip)
+    live(model, x, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    assert torch.equal(source.seen[-1], clip(x)) and torch.equal(model.seen[-1], clip(x))
+
+
 def test_smote_rows_already_log_mel_are_masked_not_re_featurised():
     torch.manual_seed(0)
     s = Student(4, [8, 8, 8, 8]).train()

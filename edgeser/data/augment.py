@@ -23,6 +23,18 @@ def _uniform(gen, n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+def clip_peaks(x: torch.Tensor, gen, max_db: float, p: float) -> torch.Tensor:
+    """(B, samples) PCM: each clip, with probability p, clipped as if played up to max_db past its own peak into
+    a full-scale limit (uniform in 0..max_db dB), and left at its level: |x| is clamped at peak / 10^(d/20)."""
+    if x.dim() != 2 or max_db < 0 or not 0.0 <= p <= 1.0:
+        raise ValueError(f"clip_peaks wants (B, samples), max_db >= 0 and p in [0, 1], got {tuple(x.shape)}, "
+                         f"{max_db}, {p}")
+    b = x.shape[0]
+    on = (torch.rand(b, 1, generator=gen) < p).to(x.device)
+    limit = x.abs().amax(1, keepdim=True) * 10 ** (-torch.rand(b, 1, generator=gen).to(x.device) * max_db / 20)
+    return torch.where(on, torch.maximum(torch.minimum(x, limit), -limit), x)
+
+
 def freq_mask(mel: torch.Tensor, gen, fraction: float = 0.2) -> torch.Tensor:
     """(B, n_mels, T): per example one band of round(fraction * n_mels) contiguous mel bins, random start,
     set to that example's minimum (-1 for the normalised LogMel output)."""

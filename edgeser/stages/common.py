@@ -116,7 +116,8 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
     switches) and the run's progress and epoch checkpoint. cfg: the stage's section."""
     d, aug = ctx.recipe.distill, ctx.recipe.data.augment
     return kd_fit(model, kd, cfg, temperature=d.temperature, alpha=d.alpha, seed=seed, desc=desc,
-                  smote=aug.smote and use_smote, freq_mask=aug.freq_mask, hint_weight=d.hint_weight,
+                  smote=aug.smote and use_smote, freq_mask=aug.freq_mask, clipping_db=aug.clipping_db,
+                  clipping_p=aug.p, hint_weight=d.hint_weight,
                   progress=ctx.progress, checkpoint=ctx.checkpoint(desc), workers=ctx.recipe.data.workers,
                   compute=ctx.recipe.train, **kw)
 

@@ -6,7 +6,7 @@ import torch
 
 from edgeser import seeds
 from edgeser.models.io import load_student, save_model
-from edgeser.quant.calibrate import calibrate
+from edgeser.quant.calibrate import calibrate, search_scales
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
@@ -62,6 +62,9 @@ def run(ctx: Context) -> dict:
     info["kd_from"] = cfg.kd_from
     q.set_observe(False)
     q.set_bn_update(False)
+    if cfg.scale_search and source is not None:  # the scales that keep the FP32 student's decisions best
+        clips = corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches]
+        info["scale_search"] = search_scales(q, student, torch.as_tensor(np.asarray(clips)))
     info["val_ua_after_calibration"] = calibrated["ua"]
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
     metrics = {"test": evaluate(q, corpus.splits["test"], corpus.classes),
