@@ -83,6 +83,7 @@ class QuantFrontend(nn.Module):
         self.dft.weight.requires_grad_(False)
         self.dft_q = ActQuant()
         self.framer = BlockFrames(self) if k % self.hop == 1 else None
+        self.im2col = False  # the same frames by im2col: Core ML converts no pad of a computed length (export/coreml)
         del self.fe.dft
 
     def n_frames(self, samples: int) -> int:
@@ -91,7 +92,8 @@ class QuantFrontend(nn.Module):
     def levelled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, samples) -> its frames (B, K, T), each divided by its level, and the levels (B, 1, T): the frame's
         peak |sample|, floored."""
-        if self.framer is not None:  # zero-padded to whole hops (this spelling of the length exports for any)
+        if self.framer is not None and not self.im2col:  # zero-padded to whole hops (a spelling of the length
+            # that torch.export takes for any)
             n = x.shape[1]
             blocks = (n + self.hop - 1) // self.hop
             return self.framer(F.pad(x, (0, blocks * self.hop - n)))
