@@ -88,16 +88,8 @@ def test_frontend_normalises_each_clip_on_its_own():
 def test_quantised_frontend_levels_each_clip_on_its_own():
     """The INT8 front-end's DFT input quantiser sees each clip divided by its own peak: a -60 dB clip batched
     with a loud one keeps its single-clip features (one batch peak would leave it a few int8 steps)."""
-    from edgeser.quant.qstudent import QuantFrontend
-
-    qf = QuantFrontend(LogMel())
     x = _clips_at_different_levels()
-    qf.train()
-    qf(x)  # the observers initialise their scales on this batch
-    qf.eval()
-    for m in qf.modules():
-        if hasattr(m, "observe"):
-            m.observe = False
+    qf = _calibrated_quant_frontend(x)
     batch = qf(x)
     for i in range(len(x)):
         # (a batched and a single conv round a few of the 10^4 values to the neighbouring int8 step: 0.002 here)

@@ -6,7 +6,7 @@ import torch
 
 from edgeser import seeds
 from edgeser.models.io import load_student, save_model
-from edgeser.quant.calibrate import calibrate, search_scales
+from edgeser.quant.calibrate import SEARCH_CLIPS, calibrate, search_scales
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
@@ -63,7 +63,7 @@ def run(ctx: Context) -> dict:
     q.set_observe(False)
     q.set_bn_update(False)
     if cfg.scale_search and source is not None:  # the scales that keep the FP32 student's decisions best
-        clips = corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches]
+        clips = corpus.splits["train"].x[: min(SEARCH_CLIPS, cfg.batch_size * cfg.calib_batches)]
         info["scale_search"] = search_scales(q, student, torch.as_tensor(np.asarray(clips)))
     info["val_ua_after_calibration"] = calibrated["ua"]
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
