@@ -164,19 +164,24 @@ def test_a_qat_model_file_of_the_old_front_end_is_refused_by_name(tmp_path):
 
 
 def test_scale_search_undoes_a_miscalibrated_scale_and_never_raises_the_kl():
-    """search_scales: a body quantiser's scale made 2.5x too coarse is searched back down (x 0.5, the smallest
-    factor), every other one moves only where it lowers the KL, and the KL to the FP32 student falls."""
+    """search_scales: a body quantiser's scale made 8x too coarse is searched back down (a factor below 1), every
+    other one moves only where it lowers the KL, and the KL to the FP32 student falls.
+
+    The head is scaled up 10x so the random-init student's softmax is decisive (mean top-1 probability 0.77):
+    with its near-uniform softmax the KL is ~1e-8, rounding noise, and no scale is measurably better."""
     from edgeser.quant.calibrate import SCALE_FACTORS, search_scales
 
     torch.manual_seed(0)
     s = Student(4, [16, 16, 16, 16]).eval()
+    with torch.no_grad():
+        s.body.head.weight.mul_(10.0), s.body.head.bias.mul_(10.0)
     q = QuantStudent(s)
     x = torch.randn(32, 16000) * 0.1
     calibrate(q, x, 2, 16)
-    q.conv_q[1].scale.mul_(2.5)
+    q.conv_q[1].scale.mul_(8.0)
     out = search_scales(q, s, x)
-    assert out["factors"]["conv_q.1"] == min(SCALE_FACTORS)
+    assert out["factors"]["conv_q.1"] < 1.0
     assert set(out["factors"].values()) <= set(SCALE_FACTORS) | {1.0}
-    assert out["kl_after"] < out["kl_before"]
+    assert out["kl_after"] < 0.75 * out["kl_before"]
     agree = float((q(x).argmax(1) == s(x).argmax(1)).float().mean())
     assert agree >= 0.9  # the searched model still makes the FP32 student's decisions
