@@ -65,7 +65,8 @@ def main() -> int:
     print(f"{corpus}: {n} clips, agreement % with the FP32 student at {head} (95 % Wilson interval)")
 
     def line(label: str, ag: list[float]) -> None:
-        cells = "  ".join(f"{100 * v:5.1f} [{100 * wilson(v, n)[0]:.1f}, {100 * wilson(v, n)[1]:.1f}]" for v in ag)
+        cells = "  ".join(f"{100 * v:5.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for v, (lo, hi) in
+                          ((v, wilson(v, n)) for v in ag))
         print(f"  {label:34s} {cells}")
 
     switch(True)
