@@ -60,7 +60,7 @@ class DelegableGraph(nn.Module):
         b = wav.shape[0]
         g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
         frames, level = fe.framer(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
-        spec = fe.dft_q(fe.dft(fe.in_q(frames)))  # QuantFrontend.spectrum
+        spec = fe.quantised_dft(fe.in_q(frames))  # QuantFrontend.spectrum
         lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10)) + 2.0 * torch.log(level)  # log_frames
         peak = _max_last(lp, b).reshape(b, 1, 1)  # LogMel.normalise
         mel = (torch.maximum(lp, peak - fe.fe.range) - peak) * (2.0 / fe.fe.range) + 1.0

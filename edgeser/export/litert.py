@@ -155,8 +155,8 @@ class LiteRTGraph(nn.Module):
         fe = self.q.frontend
         dft = fe.dft
         frames, level = fe.levelled(x)
-        y = F.conv1d(fe.in_q(frames), _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias)
-        return fe.dft_q(y), level
+        return fe.quantised_dft(fe.in_q(frames), lambda m, f: F.conv1d(
+            f, _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias)), level
 
     def forward(self, audio: torch.Tensor) -> dict:
         from edgeser.models.frontend import peak_level

@@ -70,6 +70,8 @@ def load_qat(path: Path) -> tuple[QuantStudent, dict]:
     """A QAT model file (stages/qat/model.pt): the quantised student and its float student's config."""
     cfg, state = read_model_file(path)
     q = QuantStudent(build_student(cfg))
+    if "frontend.fine_gain" in state:  # a two-range INT8 DFT (qat.dft_fine_gain)
+        q.frontend.two_range(float(state["frontend.fine_gain"]))
     want = q.state_dict()
     if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
         raise InputError(f"{path}: a QAT model of another layout (before edgeser 0.2 the INT8 front-end levelled "

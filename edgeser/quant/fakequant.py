@@ -40,10 +40,13 @@ class ActQuant(nn.Module):
         self.export_scale = float(self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.observe_(x)
+        return self.quantise(x)
+
+    def observe_(self, x: torch.Tensor) -> None:
+        """The observer's step on x (calibration, or training until observers freeze); nothing at export."""
         if self.export:
-            s = self.export_scale
-            q = QD.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
-            return QD.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
+            return
         if self.observe and (self.training or not bool(self.initialised)):
             amax = x.detach().abs().amax().clamp(min=1e-8) / 127.0
             if bool(self.initialised):
@@ -51,6 +54,14 @@ class ActQuant(nn.Module):
             else:
                 self.scale.copy_(amax)
                 self.initialised.fill_(True)
+
+    def quantise(self, x: torch.Tensor) -> torch.Tensor:
+        """x through this quantiser's int8 steps at its current scale, without observing x (a tensor observed
+        only in part: QuantFrontend's two-range DFT)."""
+        if self.export:
+            s = self.export_scale
+            q = QD.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
+            return QD.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
         if not self.enabled:
             return x
         s = float(self.scale)

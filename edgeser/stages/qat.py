@@ -49,6 +49,8 @@ def run(ctx: Context) -> dict:
     q = QuantStudent(student)
     if cfg.dft_equalise > 1:
         q.frontend.equalise(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_equalise)
+    if cfg.dft_fine_gain > 1:
+        q.frontend.two_range(cfg.dft_fine_gain)
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
     def on_epoch(epoch):  # BN statistics and observers follow the activations, then freeze
