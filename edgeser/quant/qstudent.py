@@ -132,7 +132,8 @@ class QuantFrontend(nn.Module):
         conv.weight.data = torch.cat([w, w * float(gain)]).clone()
         self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
-        self.register_buffer("fine_gain", torch.tensor(float(gain)))
+        self.register_buffer("fine_gain", torch.tensor(float(gain)))  # saved with the model (load_qat)
+        self.gain = float(gain)  # a constant of the graph (torch.export cannot read a buffer's value)
 
     @property
     def two_ranges(self) -> bool:
@@ -147,7 +148,7 @@ class QuantFrontend(nn.Module):
         coarse, fine = torch.split(y, y.shape[1] // 2, dim=1)
         self.dft_q.observe_(coarse)  # the scale is the coarse range's
         coarse, fine = torch.split(self.dft_q.quantise(y), y.shape[1] // 2, dim=1)
-        g = float(self.fine_gain)
+        g = self.gain
         fine = fine * (1.0 / g)  # steps of scale / g
         step = self.dft_q.export_scale if self.dft_q.export else float(self.dft_q.scale)
         # saturated: +-127 or -128 steps; one step under the limit keeps a value the coarse range also rounds
