@@ -145,9 +145,9 @@ class QuantFrontend(nn.Module):
         y = self.dft(f) if conv is None else conv(self.dft, f)
         if not self.two_ranges:
             return self.dft_q(y)
-        coarse, fine = torch.split(y, y.shape[1] // 2, dim=1)
-        self.dft_q.observe_(coarse)  # the scale is the coarse range's
-        coarse, fine = torch.split(self.dft_q.quantise(y), y.shape[1] // 2, dim=1)
+        half = y.shape[1] // 2
+        self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's
+        coarse, fine = torch.split(self.dft_q.quantise(y), half, dim=1)
         g = self.gain
         fine = fine * (1.0 / g)  # steps of scale / g
         step = self.dft_q.export_scale if self.dft_q.export else float(self.dft_q.scale)
