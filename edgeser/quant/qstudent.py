@@ -146,7 +146,8 @@ class QuantFrontend(nn.Module):
         if not self.two_ranges:
             return self.dft_q(y)
         half = y.shape[1] // 2
-        self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's
+        if not self.dft_q.export:  # (no slice op in an export graph)
+            self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's
         coarse, fine = torch.split(self.dft_q.quantise(y), half, dim=1)
         g = self.gain
         fine = fine * (1.0 / g)  # steps of scale / g
