@@ -83,6 +83,7 @@ class QuantFrontend(nn.Module):
         self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
         self.dft_q = ActQuant()
+        self.gain: float | None = None  # two_range(): the fine range's gain, a constant of the graph
         self.framer = BlockFrames(self) if k % self.hop == 1 else None
         self.im2col = False  # the same frames by im2col: Core ML converts no pad of a computed length (export/coreml)
         del self.fe.dft
@@ -133,11 +134,11 @@ class QuantFrontend(nn.Module):
         self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
         self.register_buffer("fine_gain", torch.tensor(float(gain)))  # saved with the model (load_qat)
-        self.gain = float(gain)  # a constant of the graph (torch.export cannot read a buffer's value)
+        self.gain = float(gain)  # a Python float: torch.export cannot read a buffer's value
 
     @property
     def two_ranges(self) -> bool:
-        return hasattr(self, "fine_gain")
+        return self.gain is not None
 
     def quantised_dft(self, f: torch.Tensor, conv=None) -> torch.Tensor:
         """(B, K, T) int8 frames (in_q's output) -> (B, 2F, T) INT8 DFT outputs, through the fine range where
