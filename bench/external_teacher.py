@@ -8,9 +8,10 @@ teacher, each compressed by `edgeser compress` into a verified INT8 student.
 
 Teachers (unless given with --onnx-teacher / --torchscript-teacher, which need their class names in their
 metadata or --classes):
-  onnx         tests/teacher_factory.TinyWav2Vec (a wav2vec2-like conv feature encoder over the raw 16 kHz
-               waveform, 2 transformer layers of width 48, mean pooling, linear), random init, trained on random
-               1 s crops, exported with dynamic batch and length, the class names in metadata_props;
+  onnx         tests/teacher_factory.TinyWav2Vec (each clip normalised to zero mean and unit variance, as
+               wav2vec2 feature extractors do, unless --onnx-raw; a wav2vec2-like conv feature encoder over the
+               raw 16 kHz waveform, 2 transformer layers of width 48, mean pooling, linear), random init, trained
+               on random 1 s crops, exported with dynamic batch and length, the class names in metadata_props;
   torchscript  tests/teacher_factory.LogMelCNN at --ts-rate Hz (default 8000, so the pipeline resamples for it),
                torch.jit.script, the class names in the extra file `classes`.
 Each is trained here for --train-seconds of wall time (AdamW, class-balanced cross-entropy, random gain) on the
@@ -109,7 +110,8 @@ def build_teachers(a, out: Path) -> dict:
         else:
             log(f"onnx teacher: TinyWav2Vec, {a.train_seconds:g} s of training")
             torch.manual_seed(recipe.seed)
-            model, info = train_for(TinyWav2Vec(len(classes), dim=48, layers=2, heads=4), x, y, vx, vy, classes,
+            model, info = train_for(TinyWav2Vec(len(classes), dim=48, layers=2, heads=4,
+                                                normalize=not a.onnx_raw), x, y, vx, vy, classes,
                                     a.train_seconds, recipe.seed, crop=16000)  # 1 s crops: half the cost
             path = out / "teacher_transformer.onnx"
             export_onnx(model, path, classes, samples=x.shape[1])
@@ -171,6 +173,8 @@ def main() -> int:
     p.add_argument("--torchscript-teacher", help="use this TorchScript teacher (at --ts-rate) instead")
     p.add_argument("--classes", help="the given teachers' output classes, comma-separated (else their metadata)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="recipe override for every run")
+    p.add_argument("--onnx-raw", action="store_true", help="the ONNX teacher without its input normalisation "
+                   "(TinyWav2Vec normalize=False): a teacher that hears level")
     p.add_argument("--out", type=Path, default=ROOT / "runs/external-teacher")
     a = p.parse_args()
     a.kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]

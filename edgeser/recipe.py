@@ -303,9 +303,13 @@ class Student(_Section):
     n_freqs: int = Field(100, ge=8, le=1024, description="DTFT sample points on a mel-spaced grid; the INT8 DFT "
                          "conv (most of the student's MACs) scales with it")
 
+    fmax_hz: float | None = Field(None, gt=0, le=24000, description="highest frequency of the mel bands and of "
+                                  "the DTFT grid, Hz; null = half the sample rate")
+
     def frontend(self) -> dict:
-        return {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "hop_ms": self.hop_ms, "top_db": self.top_db,
-                "n_freqs": self.n_freqs}
+        d = {"n_mels": self.n_mels, "frame_ms": self.frame_ms, "hop_ms": self.hop_ms, "top_db": self.top_db,
+             "n_freqs": self.n_freqs}
+        return d | ({"fmax_hz": self.fmax_hz} if self.fmax_hz is not None else {})
 
     @field_validator("channels")
     @classmethod
@@ -412,6 +416,13 @@ class QAT(Train):
     # (ONNX transformer teacher) and from 98.6 / 97.9 / 97.1 % to 98.6 / 98.6 / 99.6 % (TorchScript CNN teacher)
     dft_fine_gain: float = Field(4.0, ge=1, le=64, description="gain of the INT8 DFT's second, finer output range "
                                  "(twice the DFT's MACs); 1 = one int8 range")
+    # the quantiser after each Conv + ReLU (and on the pooled features): unsigned (zero point -128: 0..255 steps,
+    # twice the resolution; onnxruntime drops the ReLU and fuses each block into one QLinearConv), or symmetric
+    # (zero point 0), which TensorRT needs. auto: symmetric when export.formats has tensorrt, else unsigned.
+    relu_quant: Literal["auto", "unsigned", "symmetric"] = Field("auto", description="the quantiser after each "
+                                                                  "ReLU: unsigned (fuses in onnxruntime) or "
+                                                                  "symmetric (TensorRT); auto = symmetric when "
+                                                                  "export.formats has tensorrt")
     # kd_from student: weight of the KD term (1 - alpha on the labels): 1.0 = learn the FP32 model's decisions
     # only; and the shortest random crop of each batch, as a fraction of its length (short input included)
     # after QAT, each activation scale times the factor (0.6, 0.8, 1.25 or 1) that keeps the FP32 student's

@@ -54,9 +54,11 @@ def onnx_head_steps(path) -> dict:
 TINY_CLASSES = ["a", "b", "c", "d"]
 
 
-def tiny_export_job(out, samples: int = 16000, calib=None):
+def tiny_export_job(out, samples: int = 16000, calib=None, fine_gain: float | None = 4.0, relu_unsigned: bool = True):
     """(the QAT student, an ExportJob for it in `out`): the tiny calibrated 4-class student, seeded, that the
-    runtime tests (OpenVINO, ExecuTorch, LiteRT) export through the registry."""
+    runtime tests (OpenVINO, ExecuTorch, LiteRT) export through the registry. Its layout is the QAT stage's
+    default for a recipe without TensorRT: the two-range INT8 DFT (qat.dft_fine_gain 4) and unsigned post-ReLU
+    quantisers (qat.relu_quant auto)."""
     import json
 
     import torch
@@ -67,7 +69,9 @@ def tiny_export_job(out, samples: int = 16000, calib=None):
     from edgeser.quant.qstudent import QuantStudent
 
     torch.manual_seed(0)
-    q = QuantStudent(Student(len(TINY_CLASSES), [16, 16, 16, 16]).eval())
+    q = QuantStudent(Student(len(TINY_CLASSES), [16, 16, 16, 16]).eval(), relu_unsigned=relu_unsigned)
+    if fine_gain:
+        q.frontend.two_range(fine_gain)
     calibrate(q, torch.randn(16, samples) * 0.1, 2, 8)
     meta = {"classes": json.dumps(TINY_CLASSES), "input": json.dumps({"min_samples": 801})}
     return q, ExportJob(qexport=q.to_export(), fp32=None, samples=samples, opset=18, static_batch=None, meta=meta,

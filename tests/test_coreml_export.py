@@ -259,3 +259,16 @@ def test_float_logits_from_an_int8_head_pass_but_a_float_output_mid_body_fails(t
     export_coreml(TinySER(quant_dft=True, float_logits=True, w8a16_c2=True), torch.randn(SHAPE), bad)
     res = _check(bad, frontend_ops_allowed=20)
     assert not res["passed"] and any("W8A16" in v for v in res["violations"]), res["violations"]
+
+
+def test_a_relu_between_an_int8_conv_and_its_quantize_is_w8a8(tmp_path):
+    """qat.relu_quant unsigned: dequantize -> conv -> relu -> quantize, the pattern Core ML fuses; the ReLU is
+    neither a float op nor a W8A16 layer. (A tanh there is not fused: the W8A16 test above.)"""
+    path = tmp_path / "fused.mlpackage"
+    export_coreml(TinySER(quant_dft=True, float_logits=True, relu_fused=True), torch.randn(SHAPE), path)
+    res = _check(path, frontend_ops_allowed=20)
+    assert res["passed"], res["violations"]
+    assert res["int8_weight_layers"] == 3 and "relu" not in res["float_compute_ops"]
+    plain = tmp_path / "plain.mlpackage"
+    export_coreml(TinySER(quant_dft=True, float_logits=True), torch.randn(SHAPE), plain)
+    assert res["ops"]["quantize"] == _check(plain, frontend_ops_allowed=20)["ops"]["quantize"] - 2

@@ -116,3 +116,24 @@ def test_a_saved_two_range_model_loads_with_both_ranges(tmp_path):
     x = _speechlike(2, 4)
     with torch.no_grad():
         assert back.frontend.two_ranges and torch.equal(back(x), q.eval()(x))
+
+
+def test_the_masked_and_two_conv_spellings_equal_where_exactly():
+    """quantised_dft's spellings for runtimes without split / where (ExecuTorch's XNNPACK, TFLite Micro): the
+    0/1 mask and the two half convs give the same values as the ONNX graph's where, bit for bit, including
+    outputs one fine step either side of the saturation limit."""
+    q = _qmodel(GAIN)
+    e = q.to_export()
+    fe = e.frontend
+    x = _speechlike(4, 5) * 3  # louder: many outputs saturate the fine range
+    with torch.no_grad():
+        frames, _ = fe.levelled(x / peak_level(x))
+        f = fe.in_q(frames)
+        ref = fe.quantised_dft(f)
+        masked = fe.quantised_dft(f, masked=True)
+        half = fe.dft.w_int8.shape[0] // 2
+        w = fe.dft.qweight(None)
+        halves = fe.quantised_dft(f, halves=lambda f: (F.conv1d(f, w[:half]), F.conv1d(f, w[half:])), masked=True)
+        fine = fe.dft_q.quantise(fe.dft(f))[:, half:].abs() / float(fe.dft_q.export_scale)
+    assert bool(((fine > 120) & (fine < 127)).any()) and bool((fine >= 127).any())  # both sides of the limit
+    assert torch.equal(masked, ref) and torch.equal(halves, ref)

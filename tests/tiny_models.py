@@ -19,13 +19,14 @@ class TinySER(torch.nn.Module):
     """float DFT/mel/log front-end -> 2 x Conv1d+ReLU -> mean -> Linear (int8 if quantised)."""
 
     def __init__(self, quantised=True, quant_dft=False, k=16, mels=8, c=8, n_classes=4, float_logits=False,
-                 w8a16_c2=False):
+                 w8a16_c2=False, relu_fused=False):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         n, f = torch.arange(400.0), torch.arange(k, dtype=torch.float32)[:, None]
         ker = torch.cat([torch.cos(2 * math.pi * f * n / 400), torch.sin(2 * math.pi * f * n / 400)])
         self.k, self.quantised, self.quant_dft = k, quantised, quant_dft
         self.float_logits, self.w8a16_c2 = float_logits, w8a16_c2  # the project's head; a bug to catch
+        self.relu_fused = relu_fused  # conv -> ReLU -> Q, no Q between a conv and its ReLU (qat.relu_quant)
         self.register_buffer("dft", ker[:, None, :])
         self.register_buffer("mel", torch.rand(k, mels, generator=g))
         for name, shape in (("c1", (c, mels, 3)), ("c2", (c, c, 3)), ("fc", (n_classes, c))):
@@ -53,9 +54,10 @@ class TinySER(torch.nn.Module):
         p = y[:, : self.k] ** 2 + y[:, self.k:] ** 2
         m = torch.log(torch.matmul(p.transpose(1, 2), self.mel).transpose(1, 2) + 1e-6)
         h = a((m - m.mean(-1, keepdim=True)) / 4.0, 0.05)
-        h = a(F.relu(a(F.conv1d(h, self._w("c1"), self.c1_b, padding=1), 0.1)), 0.1)
+        b = (lambda t, s: t) if self.relu_fused else a
+        h = a(F.relu(b(F.conv1d(h, self._w("c1"), self.c1_b, padding=1), 0.1)), 0.1)
         c2 = F.conv1d(h, self._w("c2"), self.c2_b, padding=1)
-        h = a(F.relu(F.relu(c2) if self.w8a16_c2 else a(c2, 0.1)), 0.1)
+        h = a(F.relu(torch.tanh(c2) if self.w8a16_c2 else b(c2, 0.1)), 0.1)  # tanh: no INT8 layer fuses it
         h = a(h.mean(-1), 0.1)
         out = F.linear(h, self._w("fc"), self.fc_b)
         return out if self.float_logits else a(out, 0.05)

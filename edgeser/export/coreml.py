@@ -33,6 +33,8 @@ CONSTANT_OPS = {"const"} | CONSTEXPR_OPS
 DATA_MOVE_OPS = {"cast", "reshape", "transpose", "squeeze", "expand_dims", "slice_by_index",
                  "slice_by_size", "concat", "split", "identity", "tile", "gather"}
 PASSIVE_OPS = CONSTANT_OPS | DATA_MOVE_OPS | {"quantize", "dequantize"}
+# an activation Core ML fuses into the INT8 layer before it: dequantize -> conv -> relu -> quantize is W8A8
+FUSED_ACTIVATIONS = {"relu"}
 WEIGHT_LAYER_OPS = {"conv": "weight", "conv_transpose": "weight", "linear": "weight", "matmul": "y"}
 
 
@@ -62,11 +64,17 @@ def _frontend_end(nodes) -> tuple[int, list[int], set[int]]:
     def to_q(name):
         users = cons.get(name)
         return bool(users) and all(nodes[j][0] == "quantize" or (
-            nodes[j][0] in DATA_MOVE_OPS and all(to_q(o) for o in nodes[j][2])) for j in users)
+            nodes[j][0] in DATA_MOVE_OPS | FUSED_ACTIVATIONS and all(to_q(o) for o in nodes[j][2])) for j in users)
 
     dq_fed = {i for i in range(len(nodes)) if all(from_dq(n) for n in acts(i))}
+
+    def fused(i) -> bool:  # a ReLU between a sandwiched layer and its quantize: part of that INT8 layer
+        ins = acts(i)
+        return nodes[i][0] in FUSED_ACTIVATIONS and len(ins) == 1 and prod.get(ins[0]) in dq_fed and \
+            all(to_q(o) for o in nodes[i][2])
+
     floats = [i for i, (t, _, outs) in enumerate(nodes) if t not in PASSIVE_OPS
-              and not (i in dq_fed and all(to_q(o) for o in outs))]
+              and not (i in dq_fed and all(to_q(o) for o in outs)) and not fused(i)]
     quantizes = [i for i, (t, _, _) in enumerate(nodes) if t == "quantize"]
     if not quantizes:
         return 0, floats, dq_fed

@@ -2,7 +2,7 @@
 `executorch-*` formats. Export-only: the models' own source (and so every other artifact's bytes) is untouched.
 
 The maths is the same op for op, and the quantisation is the QAT model's own: the same Q/DQ ops with the same
-frozen scales (symmetric, zero point 0, per-channel int8 weights), not a PT2E quantizer's recalibration. What
+frozen scales and zero points (per-channel int8 weights), not a PT2E quantizer's recalibration. What
 changes is only how a few steps are spelled, each a rejection the partitioner reported (WhyNoPartition):
 
 - `unsqueeze(1)` (not on the trailing dimension) -> `reshape(B, 1, -1)`;
@@ -14,6 +14,8 @@ changes is only how a few steps are spelled, each a rejection the partitioner re
   -> the same dequantised weights as a float buffer, so the head is an f32 GEMM of the int8-grid activations
   and int8-grid weights: the products the int8 GEMM sums, in float.
 
+- the two-range DFT's one conv, split (or sliced) in two, and its `where` (none of them delegated) -> two convs
+  of the two halves' int8 rows, and an exact 0/1 mask from clamp (QuantFrontend.quantised_dft: halves, masked);
 - the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops,
   straight into QuantFrontend's BlockFrames.
 
@@ -54,13 +56,33 @@ class DelegableGraph(nn.Module):
         self.hop, self.blocks = fe.hop, fe.taps  # the shortest input, in whole hops
         self.whole_hops = fe.framer is not None  # zero-padding to whole hops adds no frame
         self.register_buffer("head_w", dequantised(q.head))
+        if fe.two_ranges:  # the DFT's coarse and fine rows as two int8 convs (QuantFrontend.two_range)
+            d, half = fe.dft, fe.dft.w_int8.shape[0] // 2
+            for name, rows in (("coarse", slice(0, half)), ("fine", slice(half, None))):
+                self.register_buffer(f"dft_{name}_int8", d.w_int8[rows].clone())
+                self.register_buffer(f"dft_{name}_scale", d.w_scale[rows].clone())
+                self.register_buffer(f"dft_{name}_zp", d.w_zp[rows].clone())
+                self.register_buffer(f"dft_{name}_bias", None if d.w_bias is None else d.w_bias[rows].clone())
+
+    def dft_halves(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-range DFT conv's coarse and fine outputs, each its own per-channel int8 conv (QConv1d's export
+        forward on half the rows) of the frames through its own Q/DQ of in_q (the same values): with one Q/DQ
+        feeding both convs, XNNPACK's partitioner cut the graph into two delegates there."""
+        from edgeser.quant.ops import QD
+
+        fe = self.q.frontend
+        d = fe.dft
+        return tuple(F.conv1d(fe.in_q(frames), QD.dequantize_per_channel(getattr(self, f"dft_{n}_int8"), getattr(self, f"dft_{n}_scale"),
+                                                           getattr(self, f"dft_{n}_zp"), 0, -127, 127, torch.int8),
+                              getattr(self, f"dft_{n}_bias"), d.stride, d.padding) for n in ("coarse", "fine"))
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         q, fe = self.q, self.q.frontend
         b = wav.shape[0]
         g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
         frames, level = fe.framer(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
-        spec = fe.quantised_dft(fe.in_q(frames))  # QuantFrontend.spectrum
+        halves = (lambda _: self.dft_halves(frames)) if fe.two_ranges else None
+        spec = fe.quantised_dft(fe.in_q(frames), halves=halves, masked=True)  # QuantFrontend.spectrum
         lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10)) + 2.0 * torch.log(level)  # log_frames
         peak = _max_last(lp, b).reshape(b, 1, 1)  # LogMel.normalise
         mel = (torch.maximum(lp, peak - fe.fe.range) - peak) * (2.0 / fe.fe.range) + 1.0

@@ -5,8 +5,8 @@
 - executorch-qnn: the Qualcomm QNN delegate (Hexagon HTP); lowering needs a local QNN SDK (QNN_SDK_ROOT).
 
 Quantisation: the QAT model's own Q/DQ ops and frozen scales are carried over (edgeser.export.delegable_graph),
-not re-derived by a PT2E quantizer. Same scheme as every other INT8 artifact (symmetric, zero point 0,
-per-channel int8 weights) and the same numbers: a quantizer would recalibrate the activation ranges on other
+not re-derived by a PT2E quantizer. Same scheme as every other INT8 artifact (zero point 0, or -128 after a
+ReLU with qat.relu_quant unsigned; per-channel int8 weights) and the same numbers: a quantizer would recalibrate the activation ranges on other
 clips, and XNNPACKQuantizer's "symmetric" config still gives activations non-zero zero points.
 
 Metadata (classes, input spec, recipe hash) is in the program as constant methods `edgeser_<key>` returning
@@ -172,8 +172,8 @@ def export_xnnpack(job, path) -> dict:
     card = [f"XNNPACK delegate: {d['delegate_calls']} delegate call(s), {d['delegated_nodes']} nodes delegated, "
             f"{d['non_delegated_nodes']} not (the delegate's output unpacking); the QAT model's own int8 scales."]
     return {"card": card, "status": status, "reason": reason, "checks": {"executorch": {
-        "backend": "XnnpackBackend", "quantisation": "the QAT model's Q/DQ scales (zero point 0, per-channel "
-                                                    "weights), carried over", "bytes": size, **d}}}
+        "backend": "XnnpackBackend", "quantisation": "the QAT model's Q/DQ scales and zero points "
+                                                    "(per-channel weights), carried over", "bytes": size, **d}}}
 
 
 def export_coreml(job, path) -> dict:

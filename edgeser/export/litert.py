@@ -1,8 +1,8 @@
 """The `tflite-int8` format: the QAT student as a LiteRT (TFLite) flatbuffer from litert-torch, int8 weights and
 activations, run here on the LiteRT interpreter with its default XNNPACK delegate.
 
-Quantisation: the QAT model's own Q/DQ ops and frozen scales are carried over (symmetric per-tensor activations
-with zero point 0, per-channel int8 weights), not re-derived by a PT2E quantizer. litert-torch 0.10 takes
+Quantisation: the QAT model's own Q/DQ ops and frozen scales are carried over (per-tensor activations with zero
+point 0, or -128 after a ReLU with qat.relu_quant unsigned; per-channel int8 weights), not re-derived by a PT2E quantizer. litert-torch 0.10 takes
 `quantized_decomposed` Q/DQ ops, but not the QAT graph's folded int8 weight buffers (`stablehlo.uniform_dequantize`
 wants a quantised type, got `tensor<200x1x801xi8>`), so `LiteRTGraph` feeds each weight as a float buffer
 (int8 x scale, exact in float32) through a per-channel quantize/dequantize pair with the QAT scales: the form
@@ -156,7 +156,7 @@ class LiteRTGraph(nn.Module):
         dft = fe.dft
         frames, level = fe.levelled(x)
         return fe.quantised_dft(fe.in_q(frames), lambda m, f: F.conv1d(
-            f, _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias)), level
+            f, _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias), masked=True), level
 
     def forward(self, audio: torch.Tensor) -> dict:
         from edgeser.models.frontend import peak_level
@@ -522,7 +522,7 @@ def export_artifact(job, path) -> dict:
                        "length of this graph): slid over longer input, shorter input tiled"),
             "checks": {"tflite": {
                 "converter": "litert-torch", "runtime": "ai-edge-litert Interpreter, XNNPACK delegate",
-                "quantisation": "the QAT model's Q/DQ scales (symmetric, zero point 0, per-channel int8 weights), "
+                "quantisation": "the QAT model's Q/DQ scales and zero points (per-channel int8 weights), "
                                 "carried over", "bytes": len(data), "fixed_samples": job.samples, "batch": 1,
                 "io": io, **work_ops(model), "tflm": tflm,
                 "parity": _parity(data, job.qexport, _check_clips(job))}}}

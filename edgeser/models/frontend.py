@@ -42,15 +42,17 @@ def peak_level(wav: torch.Tensor) -> torch.Tensor:
     return wav.abs().amax(dim=-1, keepdim=True).clamp_min(LEVEL_FLOOR)
 
 
-def mel_grid(n_freqs: int, sr: int) -> np.ndarray:
-    """Frequencies at which the DTFT is sampled: evenly spaced on the mel scale, so every mel band gets the
-    same number of samples (about n_freqs / n_mels) instead of the low bands getting one or none."""
-    return _inv_mel(np.linspace(_mel(0.0), _mel(sr / 2), n_freqs))
+def mel_grid(n_freqs: int, sr: int, fmax_hz: float | None = None) -> np.ndarray:
+    """Frequencies at which the DTFT is sampled: evenly spaced on the mel scale from 0 to fmax_hz (default
+    sr / 2), so every mel band gets the same number of samples (about n_freqs / n_mels) instead of the low bands
+    getting one or none."""
+    return _inv_mel(np.linspace(_mel(0.0), _mel(fmax_hz or sr / 2), n_freqs))
 
 
-def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int) -> np.ndarray:
-    """Triangular HTK-mel filters evaluated at the given frequencies: (n_mels, len(freqs))."""
-    edges = _inv_mel(np.linspace(_mel(0.0), _mel(sr / 2), n_mels + 2))
+def mel_filterbank(n_mels: int, freqs_hz: np.ndarray, sr: int, fmax_hz: float | None = None) -> np.ndarray:
+    """Triangular HTK-mel filters from 0 to fmax_hz (default sr / 2), evaluated at the given frequencies:
+    (n_mels, len(freqs))."""
+    edges = _inv_mel(np.linspace(_mel(0.0), _mel(fmax_hz or sr / 2), n_mels + 2))
     fb = np.zeros((n_mels, len(freqs_hz)), dtype=np.float64)
     for m in range(n_mels):
         lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
@@ -75,12 +77,14 @@ def level_frames(wav: torch.Tensor, dft, log_power, restore: bool = True) -> tor
 
 class LogMel(nn.Module):
     def __init__(self, sr: int = 16000, frame_ms: float = 50, hop_ms: float = 25, n_mels: int = 40,
-                 n_freqs: int = 100, preemph: float = 0.97, top_db: float = 40.0):
+                 n_freqs: int = 100, preemph: float = 0.97, top_db: float = 40.0, fmax_hz: float | None = None):
         super().__init__()
+        if fmax_hz is not None and not 0 < fmax_hz <= sr / 2:
+            raise ValueError(f"fmax_hz must be in (0, {sr / 2}], got {fmax_hz}")
         n = int(sr * frame_ms / 1000)
         self.hop = int(sr * hop_ms / 1000)
         self.kernel_samples = n + 1  # one analysis frame, pre-emphasis included: the shortest input
-        freqs = mel_grid(n_freqs, sr)
+        freqs = mel_grid(n_freqs, sr, fmax_hz)
         t = np.arange(n)
         win = np.hanning(n + 2)[1:-1]
         ang = 2 * math.pi * freqs[:, None] * t[None, :] / sr
@@ -94,7 +98,7 @@ class LogMel(nn.Module):
         # Applied to [re; im]^2 at once: mel @ (re^2 + im^2) == [mel, mel] @ [re; im]^2. The DFT output then has
         # one consumer (Pow), which onnxruntime needs to fuse the INT8 DFT into QLinearConv, and no separate
         # add of re^2 and im^2 (a ReduceSum there cost 11 % of the INT8 student's time).
-        fb = mel_filterbank(n_mels, freqs, sr)
+        fb = mel_filterbank(n_mels, freqs, sr, fmax_hz)
         self.register_buffer("mel", torch.tensor(np.concatenate([fb, fb], axis=1)))
         self.n_freqs = n_freqs
         self.register_buffer("freqs", torch.tensor(freqs), persistent=False)

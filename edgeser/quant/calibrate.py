@@ -69,7 +69,7 @@ def search_scales(q: QuantStudent, reference, x: torch.Tensor, factors=SCALE_FAC
 def load_qat(path: Path) -> tuple[QuantStudent, dict]:
     """A QAT model file (stages/qat/model.pt): the quantised student and its float student's config."""
     cfg, state = read_model_file(path)
-    q = QuantStudent(build_student(cfg))
+    q = QuantStudent(build_student(cfg), relu_unsigned=bool(state.get("relu_unsigned_flag", False)))
     if "frontend.fine_gain" in state:  # a two-range INT8 DFT (qat.dft_fine_gain)
         q.frontend.two_range(float(state["frontend.fine_gain"]))
     want = q.state_dict()

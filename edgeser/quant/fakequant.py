@@ -1,8 +1,10 @@
 """Hand-written INT8 fake-quant, legal for every target (TensorRT, QNN HTP, CoreML, onnxruntime).
 
 - weights: symmetric per-channel int8 (axis 0, range -127..127, zero point 0), BN folded first;
-- activations: symmetric per-tensor int8 (-128..127, zero point 0), scales calibrated, then frozen;
-- Q/DQ on the front-end input, the body input, after each Conv, after each ReLU, and on the logits.
+- activations: per-tensor int8, scales calibrated, then frozen: symmetric (-128..127, zero point 0), or unsigned
+  after a ReLU (zero point -128) where the target allows it (not TensorRT: its zero points must be 0);
+- Q/DQ on the front-end input and its DFT output, the body input, after each Conv + ReLU, and on the pooled
+  features before the head (the logits stay float).
 
 `export=True` swaps the rounding arithmetic for `torch.ops.quantized_decomposed` Q/DQ ops with int8
 weight buffers; the formulas are identical, so fake-quant and the exported graph agree bit for bit.
@@ -23,10 +25,14 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class ActQuant(nn.Module):
-    """Per-tensor symmetric activation quantiser with a max-abs observer (EMA after the first batch)."""
+    """Per-tensor activation quantiser with a max-abs observer (EMA after the first batch). Symmetric (zero point
+    0, steps -128..127 of `scale`), or unsigned for a ReLU's output (zero point -128: 0..255 steps of `scale`,
+    twice the resolution of [0, max], and onnxruntime drops the ReLU before it and fuses Conv -> Q into one
+    QLinearConv: ReluQuantFusion wants the zero point at the type's minimum)."""
 
-    def __init__(self, momentum: float = 0.1):
+    def __init__(self, momentum: float = 0.1, unsigned: bool = False):
         super().__init__()
+        self.unsigned = unsigned
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("initialised", torch.tensor(False))
         self.momentum = momentum
@@ -48,7 +54,7 @@ class ActQuant(nn.Module):
         if self.export:
             return
         if self.observe and (self.training or not bool(self.initialised)):
-            amax = x.detach().abs().amax().clamp(min=1e-8) / 127.0
+            amax = x.detach().abs().amax().clamp(min=1e-8) / (255.0 if self.unsigned else 127.0)
             if bool(self.initialised):
                 self.scale.mul_(1 - self.momentum).add_(self.momentum * amax)
             else:
@@ -58,14 +64,15 @@ class ActQuant(nn.Module):
     def quantise(self, x: torch.Tensor) -> torch.Tensor:
         """x through this quantiser's int8 steps at its current scale, without observing x (a tensor observed
         only in part: QuantFrontend's two-range DFT)."""
+        zp = -128 if self.unsigned else 0
         if self.export:
             s = self.export_scale
-            q = QD.quantize_per_tensor(x, s, 0, -128, 127, torch.int8)
-            return QD.dequantize_per_tensor(q, s, 0, -128, 127, torch.int8)
+            q = QD.quantize_per_tensor(x, s, zp, -128, 127, torch.int8)
+            return QD.dequantize_per_tensor(q, s, zp, -128, 127, torch.int8)
         if not self.enabled:
             return x
         s = float(self.scale)
-        return torch.clamp(_round_ste(x * (1.0 / s)), -128, 127) * s
+        return torch.clamp(_round_ste(x * (1.0 / s)), -128 - zp, 127 - zp) * s
 
 
 def weight_scales(w: torch.Tensor) -> torch.Tensor:

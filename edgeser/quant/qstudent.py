@@ -140,21 +140,37 @@ class QuantFrontend(nn.Module):
     def two_ranges(self) -> bool:
         return self.gain is not None
 
-    def quantised_dft(self, f: torch.Tensor, conv=None) -> torch.Tensor:
+    def quantised_dft(self, f: torch.Tensor, conv=None, halves=None, masked: bool = False) -> torch.Tensor:
         """(B, K, T) int8 frames (in_q's output) -> (B, 2F, T) INT8 DFT outputs, through the fine range where
-        there is one (two_range). `conv(module, f)`: how the graph computes a QConv1d (default: the module)."""
-        y = self.dft(f) if conv is None else conv(self.dft, f)
+        there is one (two_range). `conv(module, f)`: how the graph computes a QConv1d (default: the module).
+
+        Spellings for graphs whose runtimes reject an op (the values are the same): halves(f) -> the coarse and
+        the fine half's conv outputs as two convs, for ExecuTorch's XNNPACK partitioner, which left the split or
+        slices of one conv's output outside its delegates; masked: the range chosen by an exact 0/1 mask from
+        clamp and arithmetic instead of where (no LESS / SELECT: TFLite Micro and XNNPACK have neither)."""
         if not self.two_ranges:
-            return self.dft_q(y)
-        half = y.shape[1] // 2
-        if not self.dft_q.export:  # (no slice op in an export graph)
-            self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's
-        coarse, fine = torch.split(self.dft_q.quantise(y), half, dim=1)
+            return self.dft_q(self.dft(f) if conv is None else conv(self.dft, f))
+        if halves is not None:
+            coarse, fine = (self.dft_q.quantise(h) for h in halves(f))
+        else:
+            y = self.dft(f) if conv is None else conv(self.dft, f)
+            half = y.shape[1] // 2
+            if not self.dft_q.export:  # (no slice op in an export graph)
+                self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's
+            coarse, fine = torch.split(self.dft_q.quantise(y), half, dim=1)
         g = self.gain
         fine = fine * (1.0 / g)  # steps of scale / g
         step = self.dft_q.export_scale if self.dft_q.export else float(self.dft_q.scale)
         # saturated: +-127 or -128 steps; one step under the limit keeps a value the coarse range also rounds
-        return torch.where(fine.abs() < (126.5 / g) * step, fine, coarse)
+        limit = (126.5 / g) * step
+        if not masked:
+            return torch.where(fine.abs() < limit, fine, coarse)
+        # |fine| is a whole number k of steps step / g and the limit lies halfway between two, so t is
+        # (126.5 - k) * 2, never 0, and t / |t| is exactly +1 where `where` keeps fine, else -1: the mask is
+        # exactly 1 or 0 (not clamp(t, 0, 1): TFLite makes that RELU_0_TO_1, which TFLite Micro lacks)
+        t = (limit - fine.abs()) * (2.0 * g / step)
+        keep = 0.5 * (t / t.abs()) + 0.5
+        return keep * fine + (1.0 - keep) * coarse
 
     def forward(self, wav):
         return self.fe.normalise(self.frames(wav, restore=False))
@@ -180,19 +196,30 @@ class QuantFrontend(nn.Module):
 
 
 class QuantStudent(nn.Module):
-    def __init__(self, student: Student):
+    """The student with INT8 weights and activations. Each block is Conv (BN folded) -> [Q/DQ] -> ReLU -> Q/DQ.
+
+    relu_unsigned (recipe qat.relu_quant): the quantiser after each ReLU is unsigned
+    (zero point -128: 0..255 steps, twice the resolution of [0, max]), and there is none between a conv and its
+    ReLU: onnxruntime then drops the ReLU (ReluQuantFusion) and runs each block as one QLinearConv. False: all
+    symmetric (zero point 0, which TensorRT needs), with a quantiser on each conv's output too, so that
+    onnxruntime still runs the convs in INT8 (without it they became float FusedConv). Kept in the buffer
+    `relu_unsigned_flag` for load_qat."""
+
+    def __init__(self, student: Student, relu_unsigned: bool = False):
         super().__init__()
         student = copy.deepcopy(student).eval()
         self.frontend = QuantFrontend(student.frontend)
         self.in_q = ActQuant()
+        self.relu_unsigned = relu_unsigned
+        self.register_buffer("relu_unsigned_flag", torch.tensor(relu_unsigned))
         convs, conv_q, relu_q = [], [], []
         for block in student.body.blocks:
             conv, bn = block[0], block[1]
             convs.append(QConv1d(conv, bn))
-            conv_q.append(ActQuant())
-            relu_q.append(ActQuant())
+            conv_q.append(nn.Identity() if relu_unsigned else ActQuant())
+            relu_q.append(ActQuant(unsigned=relu_unsigned))
         self.convs, self.conv_q, self.relu_q = nn.ModuleList(convs), nn.ModuleList(conv_q), nn.ModuleList(relu_q)
-        self.pool_q = ActQuant()
+        self.pool_q = ActQuant()  # symmetric: QNN HTP's 16-bit head (onnx_export.htp_head16) needs zero point 0
         # No output quantiser: int8 logits are 1/127 of their range apart, so near-ties became exact ties that
         # a runtime off by one step (HTP's fp16 front-end) broke the other way. The head's INT8 GEMM gives float
         # logits; QNN HTP needs a quantised output and gets a 16-bit one (`onnx_export.htp_head16`).

@@ -122,6 +122,13 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
                   compute=ctx.recipe.train, **kw)
 
 
+def relu_unsigned(ctx: Context) -> bool:
+    """The recipe's qat.relu_quant for this run: auto = symmetric (False) when it exports tensorrt, whose zero
+    points must be 0; unsigned otherwise."""
+    mode = ctx.recipe.qat.relu_quant
+    return "tensorrt" not in ctx.recipe.export.formats if mode == "auto" else mode == "unsigned"
+
+
 def student_select(kd: KDSet, select: str):
     """fit's select for distill and prune: teacher_kl keeps the epoch closest to the teacher; ua (None) the best
     validation UA."""

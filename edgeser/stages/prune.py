@@ -17,8 +17,8 @@ from edgeser import seeds
 from edgeser.models.io import load_student, save_model
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
-from edgeser.stages.common import (LOGITS, Context, kd_fit_for, kd_set_for, model_stats, student_file_config,
-                                   student_select)
+from edgeser.stages.common import (LOGITS, Context, kd_fit_for, kd_set_for, model_stats, relu_unsigned,
+                                   student_file_config, student_select)
 from edgeser.train import evaluate
 
 
@@ -31,14 +31,14 @@ def prune_body(body: torch.nn.Module, n_mels: int, ratio: float, round_to: int) 
     pruner.step()
 
 
-def int8_latency_ms(student, calib: torch.Tensor, samples: int, runs: int = 50) -> float:
+def int8_latency_ms(student, calib: torch.Tensor, samples: int, runs: int = 50, relu_unsigned: bool = False) -> float:
     """p50 latency (batch 1, 1 thread) of the student as INT8 ONNX: calibrated Q/DQ, no training."""
     from edgeser.export.onnx_export import export_onnx
     from edgeser.quant.qstudent import QuantStudent
     from edgeser.quant.calibrate import calibrate
     from edgeser.runtimes import latency_ms, onnx_runner
 
-    q = QuantStudent(student)
+    q = QuantStudent(student, relu_unsigned=relu_unsigned)
     calibrate(q, calib, 2, 16)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "probe.onnx"
@@ -50,7 +50,8 @@ def _measure(ctx: Context, model, target: str, samples: int) -> float:
     if target == "macs":
         return model_stats(model, samples)["macs"]
     # under torchrun rank 0 measures and every rank gets its number, so all ranks prune the same channels
-    return dist.on_main(lambda: int8_latency_ms(model, ctx.corpus.splits["train"].x[:32], samples))
+    return dist.on_main(lambda: int8_latency_ms(model, ctx.corpus.splits["train"].x[:32], samples,
+                                                   relu_unsigned=relu_unsigned(ctx)))
 
 
 def prune_to_target(ctx: Context, model, samples: int) -> list[dict]:

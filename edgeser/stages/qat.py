@@ -10,7 +10,7 @@ from edgeser.quant.calibrate import SEARCH_CLIPS, calibrate, search_scales
 from edgeser.quant.qstudent import QuantStudent
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
-from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats
+from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats, relu_unsigned
 from edgeser.train import evaluate, predict
 
 
@@ -46,7 +46,7 @@ def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.qat, ctx.corpus
     student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
-    q = QuantStudent(student)
+    q = QuantStudent(student, relu_unsigned=relu_unsigned(ctx))
     if cfg.dft_equalise > 1:
         q.frontend.equalise(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_equalise)
     if cfg.dft_fine_gain > 1:
