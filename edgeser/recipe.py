@@ -544,6 +544,16 @@ class Recipe(_Section):
                              f"({self.student.hop_ms} ms), so overlapping windows share cached frames")
         return self
 
+    @model_validator(mode="after")
+    def _relu_quant_for_tensorrt(self):
+        if self.qat.relu_quant == "unsigned" and "tensorrt" in self.export.formats:
+            raise ValueError("qat.relu_quant: unsigned gives zero points of -128, which TensorRT rejects (its "
+                             "zero points must be 0): use auto or symmetric, or drop tensorrt from export.formats")
+        if self.student.fmax_hz is not None and self.student.fmax_hz > self.data.sample_rate / 2:
+            raise ValueError(f"student.fmax_hz: {self.student.fmax_hz} Hz is above half the sample rate "
+                             f"({self.data.sample_rate / 2:g} Hz)")
+        return self
+
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")

@@ -37,6 +37,9 @@ BAD = [
     ([("teacher.checkpoint", "missing.pt")], "teacher.checkpoint"),
     ([("verify.max_ua_drop_pt", -1)], "verify.max_ua_drop_pt"),
     ([("data.test_speakers", 0.5), ("data.val_speakers", 0.5)], "val_speakers"),
+    ([("qat.relu_quant", "unsigned"), ("export.formats", ["onnx-int8", "tensorrt"])], "qat.relu_quant"),
+    ([("qat.relu_quant", "zero")], "qat.relu_quant"),
+    ([("student.fmax_hz", 9000)], "student.fmax_hz"),
 ]
 
 
