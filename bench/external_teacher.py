@@ -14,7 +14,8 @@ metadata or --classes):
                on random 1 s crops, exported with dynamic batch and length, the class names in metadata_props;
   torchscript  tests/teacher_factory.LogMelCNN at --ts-rate Hz (default 8000, so the pipeline resamples for it),
                torch.jit.script, the class names in the extra file `classes`.
-Each is trained here for --train-seconds of wall time (AdamW, class-balanced cross-entropy, random gain) on the
+Each is trained here for --train-seconds of wall time (AdamW, class-balanced cross-entropy, random gain, and
+clipping with --teacher-clipping-db) on the
 train split that the compress run uses (the recipe's data section on the manifest: the same speaker split), and
 the weights of its best validation UA (checked every 20 steps) are kept. Test speakers are never seen.
 
@@ -22,7 +23,9 @@ Then, per kind, `edgeser compress` runs the recipe (default recipes/demo.yaml: i
 QAT settings) with `--set data.manifest=...`, `teacher.<kind>=FILE`, `export.formats=[onnx-fp32, onnx-int8]`
 and `verify.gate_artifacts=[onnx-int8]` into OUT/<kind>. Printed per kind: the teacher's and the students' UA
 with the report's 95 % bootstrap intervals (on the held-out speakers), each artifact's verify status, the gates,
-and compress's exit code (0 all gates pass, 1 a gate failed, 2 bad input). The last line is one JSON object.
+and compress's exit code (0 all gates pass, 1 a gate failed, 2 bad input), and how often the teacher and the FP32
+student keep their own decision on the held-out clips played 6 dB louder and clipped (the student inherits it).
+The last line is one JSON object.
 Exit 0 when every run passed its gates, 1 otherwise.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgeser.data.augment import clip_peaks  # noqa: E402
 from edgeser.data.dataset import load_corpus  # noqa: E402
 from edgeser.metrics import classification_metrics  # noqa: E402
 from edgeser.models.external_teacher import resample  # noqa: E402
@@ -61,9 +65,10 @@ def ua(model, x: torch.Tensor, y: np.ndarray, classes: list[str]) -> float:
 
 
 def train_for(model, x, y, vx, vy, classes, seconds: float, seed: int, lr: float = 1e-3, batch: int = 16,
-              crop: int | None = None):
+              crop: int | None = None, clipping_db: float = 0.0):
     """AdamW on class-balanced cross-entropy with a random gain (+-6 dB), on random crops of `crop` samples if
-    given, for `seconds` of wall time; returns the model with the weights of its best validation UA (every 20
+    given, half the clips clipped up to `clipping_db` past their peak if > 0 (data.augment.clip_peaks), for
+    `seconds` of wall time; returns the model with the weights of its best validation UA (every 20
     steps, on whole validation clips) and a summary."""
     gen = torch.Generator().manual_seed(seed)
     counts = torch.bincount(y, minlength=len(classes)).float()
@@ -79,7 +84,10 @@ def train_for(model, x, y, vx, vy, classes, seconds: float, seed: int, lr: float
         if crop is not None and crop < xb.shape[1]:
             start = int(torch.randint(0, xb.shape[1] - crop + 1, (), generator=gen))
             xb = xb[:, start : start + crop]
-        loss = torch.nn.functional.cross_entropy(model(xb * gain), y[idx], weight=weight)
+        xb = xb * gain
+        if clipping_db > 0:
+            xb = clip_peaks(xb, gen, clipping_db, 0.5)
+        loss = torch.nn.functional.cross_entropy(model(xb), y[idx], weight=weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,7 +120,8 @@ def build_teachers(a, out: Path) -> dict:
             torch.manual_seed(recipe.seed)
             model, info = train_for(TinyWav2Vec(len(classes), dim=48, layers=2, heads=4,
                                                 normalize=not a.onnx_raw), x, y, vx, vy, classes,
-                                    a.train_seconds, recipe.seed, crop=16000)  # 1 s crops: half the cost
+                                    a.train_seconds, recipe.seed, crop=16000,  # 1 s crops: half the cost
+                                    clipping_db=a.teacher_clipping_db)
             path = out / "teacher_transformer.onnx"
             export_onnx(model, path, classes, samples=x.shape[1])
             teachers["onnx"] = (path, [], info)
@@ -126,7 +135,7 @@ def build_teachers(a, out: Path) -> dict:
             xr, vxr = (torch.from_numpy(resample(t.numpy(), rate)) for t in (x, vx))
             torch.manual_seed(recipe.seed)
             model, info = train_for(LogMelCNN(len(classes), sample_rate=rate), xr, y, vxr, vy, classes,
-                                    a.train_seconds, recipe.seed)
+                                    a.train_seconds, recipe.seed, clipping_db=a.teacher_clipping_db)
             path = out / f"teacher_logmel_cnn_{rate}.ts"
             torch.jit.save(torch.jit.script(model), str(path), _extra_files={"classes": json.dumps(classes)})
             teachers["torchscript"] = (path, [f"teacher.sample_rate={rate}"], info)
@@ -155,7 +164,29 @@ def compress(a, kind: str, path: Path, extra: list[str], out: Path) -> dict:
             "teacher_source": (t.get("source") or {}).get("label"),
             "teacher_ua": t["ua"], "teacher_ua_ci": t.get("ua_ci"), "artifacts": arts,
             "gates": {g["name"]: g["passed"] for g in r["gates"]}, "test_clips": r["data"]["sizes"]["test"],
+            "keeps_decision_at_plus6db": clipped_self_agreement(out),
             "report": str(out / "report.md")}
+
+
+def clipped_self_agreement(run: Path) -> dict:
+    """How often the teacher and the FP32 student keep their own decision on the held-out clips played 6 dB
+    louder and clipped at full scale (verify's "gain +6 dB" case): the student inherits its teacher's, so a
+    teacher that changes its mind on clipped audio bounds the robust-agreement gate from the start."""
+    from bench.robustness import held_out
+    from edgeser.models.io import load_student, load_teacher
+    from edgeser.recipe import validate
+    from edgeser.train import predict
+
+    recipe = validate(json.loads((run / "recipe.json").read_text()))
+    x, _, _, _, _ = held_out(run, recipe)
+    loud = torch.from_numpy(np.clip(x * 2.0, -1, 1).astype(np.float32))
+    clean = torch.from_numpy(x)
+    out = {"clips": len(x), "clipped_over_1pct": int(((np.abs(x * 2) > 1).mean(1) > 0.01).sum())}
+    for name, model in (("teacher", load_teacher(run / "stages/teacher/model.pt")),
+                        ("fp32_student", load_student(run / "stages/prune/model.pt")[0].eval())):
+        with torch.no_grad():
+            out[name] = float((predict(model, clean).argmax(1) == predict(model, loud).argmax(1)).float().mean())
+    return out
 
 
 def pct(v, ci) -> str:
@@ -173,6 +204,9 @@ def main() -> int:
     p.add_argument("--torchscript-teacher", help="use this TorchScript teacher (at --ts-rate) instead")
     p.add_argument("--classes", help="the given teachers' output classes, comma-separated (else their metadata)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="recipe override for every run")
+    p.add_argument("--teacher-clipping-db", type=float, default=0.0, help="train the teachers with half their "
+                   "clips clipped up to this many dB past their peak (0 = never), so that they decide on clipped "
+                   "audio as on clean")
     p.add_argument("--onnx-raw", action="store_true", help="the ONNX teacher without its input normalisation "
                    "(TinyWav2Vec normalize=False): a teacher that hears level")
     p.add_argument("--out", type=Path, default=ROOT / "runs/external-teacher")
@@ -196,6 +230,9 @@ def main() -> int:
         for name, art in res["artifacts"].items():
             why = f" ({art['reason']})" if art.get("reason") else ""
             print(f"    {name}: {art['status']}, UA {pct(art['ua'], art['ua_ci'])}{why}")
+        k = res["keeps_decision_at_plus6db"]
+        print(f"    +6 dB, clipped ({k['clipped_over_1pct']} of {k['clips']} clips over 1 % clipped): the teacher keeps "
+              f"its own decision on {100 * k['teacher']:.1f} %, the FP32 student on {100 * k['fp32_student']:.1f} %")
         failed = [g for g, ok in res["gates"].items() if not ok]
         print(f"    gates: {'all pass' if not failed else 'FAILED ' + ', '.join(failed)} (compress exit "
               f"{res['exit']}, {res['seconds']:.0f} s); {res['report']}")
