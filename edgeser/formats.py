@@ -35,6 +35,7 @@ class Format:
     bench: str | None = None  # the kind `edgeser bench` measures it as (edgeser/benchmark.py)
     note: str | None = None  # said in verify's reason whenever it runs (e.g. a simulator's latency)
     simulated: bool = False  # its runtime here is a simulator: the robustness suite runs on fewer clips
+    zero_points_zero: bool = False  # its runtime takes only zero points of 0 (qat.relu_quant auto: symmetric)
 
 
 _OX = "edgeser.export.onnx_export"
@@ -64,7 +65,8 @@ REGISTRY: dict[str, Format] = {f.name: f for f in [
            bench="coreml"),
     Format("tensorrt", "student_int8.engine", "int8", "qat", "edgeser.export.tensorrt:export_artifact",
            f"{_RT}:tensorrt_runner", "tensorrt", f"{_CARD}:TENSORRT", needs=("onnx-int8",),
-           available="edgeser.export.tensorrt:tensorrt_available", suffixes=(".engine", ".plan"), bench="tensorrt"),
+           available="edgeser.export.tensorrt:tensorrt_available", suffixes=(".engine", ".plan"), bench="tensorrt",
+           zero_points_zero=True),
     # An artifact of its own, not a runtime of onnx-int8: a different file, the onnx-int8 graph with an A16W8
     # head (edgeser.export.htp), run on Qualcomm's HTP backend (static batch: use the hexagon target). Here the
     # backend is onnxruntime-qnn's x86 simulator.
@@ -101,6 +103,11 @@ NAMES = tuple(REGISTRY)
 DEFAULTS = tuple(n for n, f in REGISTRY.items() if f.default)
 RUNTIMES = tuple(dict.fromkeys(f.runtime for f in REGISTRY.values()))
 GATED_DEFAULT = ("onnx-int8",)  # what verify gates unless the recipe says: the artifact most targets ship
+
+
+def zero_points_zero(formats) -> list[str]:
+    """The formats among `formats` whose runtimes take only zero points of 0 (TensorRT)."""
+    return [f for f in formats if REGISTRY[f].zero_points_zero]
 
 
 def resolve(ref: str):

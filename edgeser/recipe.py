@@ -546,9 +546,13 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _relu_quant_for_tensorrt(self):
-        if self.qat.relu_quant == "unsigned" and "tensorrt" in self.export.formats:
-            raise ValueError("qat.relu_quant: unsigned gives zero points of -128, which TensorRT rejects (its "
-                             "zero points must be 0): use auto or symmetric, or drop tensorrt from export.formats")
+        from edgeser.formats import zero_points_zero
+
+        strict = zero_points_zero(self.export.formats)
+        if self.qat.relu_quant == "unsigned" and strict:
+            raise ValueError(f"qat.relu_quant: unsigned gives zero points of -128, which {', '.join(strict)} "
+                             f"rejects (its zero points must be 0): use auto or symmetric, or drop it from "
+                             f"export.formats")
         if self.student.fmax_hz is not None and self.student.fmax_hz > self.data.sample_rate / 2:
             raise ValueError(f"student.fmax_hz: {self.student.fmax_hz} Hz is above half the sample rate "
                              f"({self.data.sample_rate / 2:g} Hz)")

@@ -85,7 +85,7 @@ def test_a_saved_unsigned_model_loads_unsigned(tmp_path):
 @pytest.mark.parametrize("formats, mode, want", [
     (["onnx-fp32", "onnx-int8"], "auto", True),
     (["onnx-int8", "tensorrt"], "auto", False),
-    (["onnx-int8", "tensorrt"], "unsigned", True),
+    (["onnx-int8"], "unsigned", True),
     (["onnx-int8"], "symmetric", False),
 ])
 def test_auto_is_symmetric_for_tensorrt(formats, mode, want):

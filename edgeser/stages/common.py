@@ -123,10 +123,12 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
 
 
 def relu_unsigned(ctx: Context) -> bool:
-    """The recipe's qat.relu_quant for this run: auto = symmetric (False) when it exports tensorrt, whose zero
-    points must be 0; unsigned otherwise."""
+    """The recipe's qat.relu_quant for this run: auto = symmetric (False) when it exports a format whose runtime
+    takes only zero points of 0 (TensorRT), unsigned otherwise."""
+    from edgeser.formats import zero_points_zero
+
     mode = ctx.recipe.qat.relu_quant
-    return "tensorrt" not in ctx.recipe.export.formats if mode == "auto" else mode == "unsigned"
+    return not zero_points_zero(ctx.recipe.export.formats) if mode == "auto" else mode == "unsigned"
 
 
 def student_select(kd: KDSet, select: str):
