@@ -1,6 +1,7 @@
 """What compression buys: accuracy, size, latency and roofline of the INT8 student against the FP32 teacher.
 
     .venv/bin/python bench/compression.py [--run runs/demo] [--out runs/bench-compression] [--recipe recipes/demo.yaml]
+        [--set KEY=VALUE ...]
 
 Without --run the recipe (default recipes/demo.yaml) is run once into --out; with --run DIR a finished run
 is reused (report.json and stages/{teacher,prune,qat}/model.pt present; if not, the recipe is run into DIR).
@@ -80,7 +81,7 @@ def ensure_run(args) -> tuple[Path, bool]:
     from edgeser.recipe import load_recipe
 
     t = time.perf_counter()
-    compress(load_recipe(args.recipe), run_dir, console=Console(stderr=True), show_progress=True)
+    compress(load_recipe(args.recipe, args.sets), run_dir, console=Console(stderr=True), show_progress=True)
     print(f"pipeline: {time.perf_counter() - t:.0f} s into {run_dir}", file=sys.stderr)
     if missing_files(run_dir):
         sys.exit(f"pipeline finished but {run_dir} lacks {', '.join(missing_files(run_dir))}")
@@ -193,6 +194,9 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="reuse this finished run folder")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-compression"), help="run folder for a fresh run")
     ap.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override KEY=VALUE for a "
+                    "fresh run, e.g. \"export.formats=[onnx-fp32,onnx-int8]\" (no TensorRT: qat.relu_quant auto "
+                    "is then unsigned)")
     ap.add_argument("--runs", type=int, default=500, help="timed rounds (>= 200)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--peak-seconds", type=float, default=3.0, help="time budget of the INT8 peak measurement")
