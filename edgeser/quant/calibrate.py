@@ -69,7 +69,9 @@ def search_scales(q: QuantStudent, reference, x: torch.Tensor, factors=SCALE_FAC
 def load_qat(path: Path) -> tuple[QuantStudent, dict]:
     """A QAT model file (stages/qat/model.pt): the quantised student and its float student's config."""
     cfg, state = read_model_file(path)
-    q = QuantStudent(build_student(cfg), relu_unsigned=bool(state.get("relu_unsigned_flag", False)))
+    # a file from before qat.relu_quant has no flag: its layout is the symmetric one
+    state.setdefault("relu_unsigned_flag", torch.tensor(False))
+    q = QuantStudent(build_student(cfg), relu_unsigned=bool(state["relu_unsigned_flag"]))
     if "frontend.fine_gain" in state:  # a two-range INT8 DFT (qat.dft_fine_gain)
         q.frontend.two_range(float(state["frontend.fine_gain"]))
     want = q.state_dict()

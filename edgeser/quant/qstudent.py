@@ -147,7 +147,7 @@ class QuantFrontend(nn.Module):
         Spellings for graphs whose runtimes reject an op (the values are the same): halves(f) -> the coarse and
         the fine half's conv outputs as two convs, for ExecuTorch's XNNPACK partitioner, which left the split or
         slices of one conv's output outside its delegates; masked: the range chosen by an exact 0/1 mask from
-        clamp and arithmetic instead of where (no LESS / SELECT: TFLite Micro and XNNPACK have neither)."""
+        arithmetic instead of where (no LESS / SELECT: TFLite Micro and XNNPACK have neither)."""
         if not self.two_ranges:
             return self.dft_q(self.dft(f) if conv is None else conv(self.dft, f))
         if halves is not None:
