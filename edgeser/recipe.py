@@ -416,7 +416,7 @@ class QAT(Train):
     # (ONNX transformer teacher) and from 98.6 / 97.9 / 97.1 % to 98.6 / 98.6 / 99.6 % (TorchScript CNN teacher)
     dft_fine_gain: float = Field(4.0, ge=1, le=64, description="gain of the INT8 DFT's second, finer output range "
                                  "(twice the DFT's MACs); 1 = one int8 range")
-    # the quantiser after each Conv + ReLU (and on the pooled features): unsigned (zero point -128: 0..255 steps,
+    # the quantiser after each Conv + ReLU: unsigned (zero point -128: 0..255 steps,
     # twice the resolution; onnxruntime drops the ReLU and fuses each block into one QLinearConv), or symmetric
     # (zero point 0), which TensorRT needs. auto: symmetric when export.formats has tensorrt, else unsigned.
     relu_quant: Literal["auto", "unsigned", "symmetric"] = Field("auto", description="the quantiser after each "
@@ -553,6 +553,10 @@ class Recipe(_Section):
             raise ValueError(f"qat.relu_quant: unsigned gives zero points of -128, which {', '.join(strict)} "
                              f"rejects (its zero points must be 0): use auto or symmetric, or drop it from "
                              f"export.formats")
+        return self
+
+    @model_validator(mode="after")
+    def _fmax_below_nyquist(self):
         if self.student.fmax_hz is not None and self.student.fmax_hz > self.data.sample_rate / 2:
             raise ValueError(f"student.fmax_hz: {self.student.fmax_hz} Hz is above half the sample rate "
                              f"({self.data.sample_rate / 2:g} Hz)")

@@ -15,7 +15,8 @@ changes is only how a few steps are spelled, each a rejection the partitioner re
   and int8-grid weights: the products the int8 GEMM sums, in float.
 
 - the two-range DFT's one conv, split (or sliced) in two, and its `where` (none of them delegated) -> two convs
-  of the two halves' int8 rows, and an exact 0/1 mask from clamp (QuantFrontend.quantised_dft: halves, masked);
+  of the two halves' int8 rows, and an exact 0/1 mask from arithmetic (QuantFrontend.quantised_dft: halves,
+  masked);
 - the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops,
   straight into QuantFrontend's BlockFrames.
 
@@ -72,9 +73,13 @@ class DelegableGraph(nn.Module):
 
         fe = self.q.frontend
         d = fe.dft
-        return tuple(F.conv1d(fe.in_q(frames), QD.dequantize_per_channel(getattr(self, f"dft_{n}_int8"), getattr(self, f"dft_{n}_scale"),
-                                                           getattr(self, f"dft_{n}_zp"), 0, -127, 127, torch.int8),
-                              getattr(self, f"dft_{n}_bias"), d.stride, d.padding) for n in ("coarse", "fine"))
+
+        def half(n: str) -> torch.Tensor:
+            w = QD.dequantize_per_channel(getattr(self, f"dft_{n}_int8"), getattr(self, f"dft_{n}_scale"),
+                                          getattr(self, f"dft_{n}_zp"), 0, -127, 127, torch.int8)
+            return F.conv1d(fe.in_q(frames), w, getattr(self, f"dft_{n}_bias"), d.stride, d.padding)
+
+        return half("coarse"), half("fine")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         q, fe = self.q, self.q.frontend
