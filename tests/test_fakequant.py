@@ -98,14 +98,9 @@ def test_export_graph_matches_fakequant_and_runs_int8_kernels(tmp_path):
     opt = onnx.load(tmp_path / "opt.onnx").graph
     ops = collections.Counter(n.op_type for n in opt.node)
     assert ops["QLinearConv"] == 5, ops  # INT8 kernels for the DFT and every body conv
-    # the float Convs left are the front-end's framing (BlockFrames): one-hot kernels that pick samples, 3 MACs
-    # a sample; the mel filterbank is the one FusedConv (Conv + the clamp before the log)
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in opt.initializer}
-    framing = [n for n in opt.node if n.op_type == "Conv"]
-    assert len(framing) == 6 and ops["FusedConv"] == 1, ops
-    for n in framing:
-        w = inits[n.input[1]]
-        assert np.isin(w, (0.0, 1.0)).all() and (w.reshape(len(w), -1).sum(1) == 1).all(), n.name
+    # no float Conv is left: the front-end frames by slices (BlockFrames.forward; its one-hot convs cost 26 % of
+    # the INT8 time), and the mel filterbank is the one FusedConv (Conv + the clamp before the log)
+    assert ops["Conv"] == 0 and ops["FusedConv"] == 1, ops
     # every Q/DQ is symmetric: zero point 0, int8
     g = onnx.load(path).graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}

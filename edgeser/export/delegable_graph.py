@@ -18,7 +18,7 @@ changes is only how a few steps are spelled, each a rejection the partitioner re
   of the two halves' int8 rows, and an exact 0/1 mask from arithmetic (QuantFrontend.quantised_dft: halves,
   masked);
 - the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops,
-  straight into QuantFrontend's BlockFrames.
+  straight into QuantFrontend's BlockFrames (its one-hot convs: by_one_hot).
 
 The graph takes whole hops: a caller zero-pads the clip to the next multiple of the hop, which changes no frame
 and no level when the kernel is one sample longer than a whole number of hops (801 = 2 x 400 + 1: `whole_hops`;
@@ -85,7 +85,7 @@ class DelegableGraph(nn.Module):
         q, fe = self.q, self.q.frontend
         b = wav.shape[0]
         g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
-        frames, level = fe.framer(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
+        frames, level = fe.framer.by_one_hot(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
         halves = (lambda _: self.dft_halves(frames)) if fe.two_ranges else None
         spec = fe.quantised_dft(fe.in_q(frames), halves=halves, masked=True)  # QuantFrontend.spectrum
         lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10)) + 2.0 * torch.log(level)  # log_frames

@@ -14,12 +14,17 @@ from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear
 
 class BlockFrames(nn.Module):
     """(B, samples) of whole hops -> its frames (B, K, T) each divided by its peak, and the peaks (B, 1, T), for a
-    kernel one sample longer than whole hops (801 = 2 x 400 + 1), in ops every target takes whole: the waveform
-    reshaped to (B, hop, blocks), block i of each frame picked by a depthwise conv with a one-hot kernel (3 MACs a
-    sample), the last block's first sample by a conv with one output channel; a frame's peak, the largest of its
-    whole blocks' peaks and that sample, by the same one-hot convs. Im2col's Gather (and Tensor.unfold's index
-    arithmetic) stayed outside the QNN HTP graph, and dynamic slices and max pools outside XNNPACK's delegate.
-    The frames end exactly at the last block: zero-padding a clip to whole hops adds no frame and no peak."""
+    kernel one sample longer than whole hops (801 = 2 x 400 + 1): the waveform reshaped to (B, hop, blocks),
+    frame t = blocks t .. t + taps - 2 and the first sample of block t + taps - 1; its peak, the largest of
+    those blocks' peaks and that sample. The frames end exactly at the last block: zero-padding a clip to whole
+    hops adds no frame and no peak. Two spellings of the same values (bit for bit):
+
+    - `forward`: slices of the blocks and one concat, a copy of the samples (the ONNX graphs, LiteRT). The
+      one-hot convs cost 26 % of the INT8 student's time in onnxruntime (issue 17), the slices a copy;
+    - `by_one_hot`: block i of each frame picked by a depthwise conv with a one-hot kernel (3 MACs a sample),
+      the last block's first sample by a conv with one output channel, the peaks by the same convs: for
+      ExecuTorch's XNNPACK delegate, which left dynamic slices and max pools outside it (delegable_graph).
+    Im2col's Gather (and Tensor.unfold's index arithmetic) stayed outside the QNN HTP graph."""
 
     def __init__(self, fe):
         super().__init__()
@@ -38,6 +43,20 @@ class BlockFrames(nn.Module):
         self.register_buffer("pick_last_peak", last.clone())  # its own: XNNPACK rewrites each
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        rows = x.reshape(b, -1, self.hop)  # (B, blocks, hop)
+        cols = rows.transpose(1, 2)  # (B, hop, blocks)
+        n = cols.shape[2] - self.taps + 1  # frames
+        last = cols[:, :1, self.taps - 1:self.taps - 1 + n]  # the last block's first sample
+        frames = torch.cat([cols[:, :, i:i + n] for i in range(self.taps - 1)] + [last], dim=1)  # (B, K, T)
+        peak = rows.abs().amax(dim=2).unsqueeze(1)  # (B, 1, blocks)
+        level = last.abs()
+        for i in range(self.taps - 1):
+            level = torch.maximum(level, peak[:, :, i:i + n])
+        level = level.clamp_min(LEVEL_FLOOR)
+        return frames / level, level
+
+    def by_one_hot(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         rows = x.reshape(b, -1, self.hop)  # (B, blocks, hop)
         cols = rows.transpose(1, 2)  # (B, hop, blocks)
