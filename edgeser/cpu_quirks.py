@@ -7,8 +7,9 @@ graph with full-range int8 weights, as edgeser's QAT scheme has, then computes o
 definition. Measured on an AMD EPYC with AVX2 only (the demo run, 400 held-out clips): onnx-int8 agreed with the
 QAT model on 90.25 % of clips, max |dlogit| 4.05, while the same graph with onnxruntime's optimisations off (the
 QDQ ops run in float) was within 1e-6 of it, and ExecuTorch/LiteRT/OpenVINO on the same CPU agreed on 99-100 %.
-Since edgeser 0.2 the DFT's input is levelled per frame, so every frame's int8 codes span the full range and
-more pairs saturate: the same demo run gave 79.75 % (torchscript and pt2 on this CPU: 100 %, robust 98.75 %).
+Since edgeser 0.2 the DFT's input is levelled per frame (per block of one hop since issue 17), so its int8
+codes span the full range and more pairs saturate: the same demo run gave 79.75 % (per frame; torchscript
+and pt2 on this CPU: 100 %, robust 98.75 %).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ REGISTRY: dict[str, Format] = {f.name: f for f in [
            "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx"),
     Format("onnx-int8", "student_int8.onnx", "int8", "qat", f"{_OX}:export_int8_artifact", f"{_RT}:onnx_runner",
            "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx"),
-    # the same INT8 graph split at the per-frame log-mel, for `edgeser stream` with its feature cache
+    # the same INT8 graph split at the log-mel of each frame, for `edgeser stream` with its feature cache
     Format("onnx-int8-stream", "student_int8_stream", "int8", "qat", "edgeser.export.stream_export:export_artifact",
            f"{_RT}:stream_runner", "onnxruntime", f"{_CARD}:STREAM"),
     # baseline: onnxruntime quantize_static (MinMax) on the same pruned student, no QAT

@@ -33,6 +33,8 @@ def key_sections(stage: Stage, recipe_json: dict, target: Target, recipe: Recipe
     files = stage.files(recipe) if stage.files is not None and recipe is not None else {}
     if files:
         out["files"] = {field: [sha256(p) for p in paths] for field, paths in files.items()}
+    if stage.layout is not None:
+        out["layout"] = stage.layout
     return out
 
 

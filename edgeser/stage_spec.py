@@ -24,6 +24,8 @@ class Stage:
     digest: Callable | None = None  # digest(ctx) -> str: its output's hash when that is not a file (data)
     files: Callable | None = None  # files(recipe) -> {field: [paths]}: files outside the run folder it reads (an
     # external teacher); their content (sha256) is part of its key, so changing one reruns it and what follows
+    layout: str | None = None  # the layout of what it writes (a model file's tensors), part of its key: a new
+    # layout reruns it on --resume instead of leaving a file the stages after it refuse
 
 
 def order(stages: list[Stage]) -> list[Stage]:

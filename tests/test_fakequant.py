@@ -136,7 +136,7 @@ def test_qconv_bn_folding_follows_then_freezes_statistics():
 
 
 def test_a_qat_model_file_of_the_old_front_end_is_refused_by_name(tmp_path):
-    """A QAT model written before per-frame levelling (an 801-tap strided DFT conv, no framing kernels) is an
+    """A QAT model of the per-frame layout (before issue 17: a 1x1 DFT conv over 801-sample frames) is an
     InputError naming the file, not a state_dict traceback; one of this layout loads back exactly."""
     from edgeser.errors import InputError
     from edgeser.models.io import save_model
@@ -149,8 +149,9 @@ def test_a_qat_model_file_of_the_old_front_end_is_refused_by_name(tmp_path):
     back, _ = load_qat(tmp_path / "new.pt")
     x = torch.randn(2, 16000) * 0.1
     assert torch.equal(back(x), q.eval()(x))
-    old = {k: v for k, v in q.state_dict().items() if ".framer." not in k}
-    old["frontend.dft.weight"] = old["frontend.dft.weight"].reshape(len(old["frontend.dft.weight"]), 1, -1)
+    # the per-frame layout before issue 17: no blocked_flag, the DFT a 1x1 conv over 801-sample frames
+    old = {k: v for k, v in q.state_dict().items() if k != "frontend.blocked_flag"}
+    old["frontend.dft.weight"] = torch.zeros(200, 801, 1)
     from edgeser.fileio import save_state
 
     save_state(tmp_path / "old.pt", {"config": cfg, "state_dict": old})

@@ -77,9 +77,9 @@ def test_level_invariant_int8_passes_the_gate(tiny_run, held_out):
 
 
 def test_level_dependent_int8_fails_the_gate(tiny_run, held_out, tmp_path, monkeypatch):
-    """A hand-made bug: the INT8 student exported without its levelling, neither per clip nor per frame (one
+    """A hand-made bug: the INT8 student exported without its levelling, neither per clip nor per block (one
     input scale for all levels, as before issue 11). Quiet input then reaches the DFT through a few int8 steps,
-    and the gate must catch it. (Either levelling alone keeps the levels apart: per frame, a clip's level no
+    and the gate must catch it. (Either levelling alone keeps the levels apart: per block, a clip's level no
     longer reaches the int8 codes at all.)"""
     from edgeser.export.onnx_export import export_onnx
     from edgeser.models.io import load_student
@@ -89,14 +89,14 @@ def test_level_dependent_int8_fails_the_gate(tiny_run, held_out, tmp_path, monke
     run_dir, _ = tiny_run
     x, y, classes = held_out
     q, _ = load_qat(run_dir / "stages/qat/model.pt")
-    framed = qstudent.BlockFrames.forward
+    levelled = qstudent.QuantFrontend.dft_input
 
     def unlevelled(self, wav):
-        frames, level = framed(self, wav)
-        return frames * level, torch.ones_like(level)
+        blocks, level = levelled(self, wav)
+        return blocks * level.repeat_interleave(self.hop, dim=2), torch.ones_like(level)
 
     monkeypatch.setattr(qstudent, "peak_level", lambda wav: torch.ones_like(wav[:, :1]))
-    monkeypatch.setattr(qstudent.BlockFrames, "forward", unlevelled)
+    monkeypatch.setattr(qstudent.QuantFrontend, "dft_input", unlevelled)
     export_onnx(q.to_export(), x.shape[1], tmp_path / "bug.onnx")
     monkeypatch.undo()
     fp32, _ = load_student(run_dir / "stages/prune/model.pt")

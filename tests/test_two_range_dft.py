@@ -39,10 +39,10 @@ def _qmodel(gain: float | None, batches: int = 2) -> QuantStudent:
 
 
 def _float_dft(fe, f: torch.Tensor) -> torch.Tensor:
-    """The DFT of the int8 frames through the int8 (coarse-half) weights, in float: what the output quantisers
-    round."""
-    w = fe.dft.qweight(fe.dft.weight)[: fe.fe.mel.shape[1]]
-    return F.conv1d(f, w)
+    """The DFT of the int8 blocks (or frames) through the int8 (coarse-half) weights, in float: what the output
+    quantisers round."""
+    w = fe.dft.qweight(fe.dft.weight)
+    return F.conv1d(f, w[: len(w) // 2], stride=fe.dft.stride)
 
 
 def test_two_range_outputs_are_within_half_a_step_of_their_range():
@@ -50,7 +50,7 @@ def test_two_range_outputs_are_within_half_a_step_of_their_range():
     fe = q.frontend
     x = _speechlike(8, 2)
     with torch.no_grad():
-        frames, _ = fe.levelled(x / peak_level(x))
+        frames, _ = fe.dft_input(x / peak_level(x))
         f = fe.in_q(frames)
         z = _float_dft(fe, f)
         spec = fe.quantised_dft(f)
@@ -76,7 +76,7 @@ def test_the_output_scale_is_the_coarse_ranges():
     fe = q.frontend
     x = _speechlike(16, 1)[:8]
     with torch.no_grad():
-        frames, _ = fe.levelled(x / peak_level(x))
+        frames, _ = fe.dft_input(x / peak_level(x))
         z = _float_dft(fe, fe.in_q(frames))
     assert abs(float(fe.dft_q.scale) - float(z.abs().amax()) / 127) <= 1e-6 * float(fe.dft_q.scale)
 
@@ -127,13 +127,14 @@ def test_the_masked_and_two_conv_spellings_equal_where_exactly():
     fe = e.frontend
     x = _speechlike(4, 5) * 3  # louder: many outputs saturate the fine range
     with torch.no_grad():
-        frames, _ = fe.levelled(x / peak_level(x))
+        frames, _ = fe.dft_input(x / peak_level(x))
         f = fe.in_q(frames)
         ref = fe.quantised_dft(f)
         masked = fe.quantised_dft(f, masked=True)
         half = fe.dft.w_int8.shape[0] // 2
         w = fe.dft.qweight(None)
-        halves = fe.quantised_dft(f, halves=lambda f: (F.conv1d(f, w[:half]), F.conv1d(f, w[half:])), masked=True)
+        halves = fe.quantised_dft(f, halves=lambda f: (F.conv1d(f, w[:half], stride=fe.dft.stride),
+                                                       F.conv1d(f, w[half:], stride=fe.dft.stride)), masked=True)
         fine = fe.dft_q.quantise(fe.dft(f))[:, half:].abs() / float(fe.dft_q.export_scale)
     assert bool(((fine > 120) & (fine < 127)).any()) and bool((fine >= 127).any())  # both sides of the limit
     assert torch.equal(masked, ref) and torch.equal(halves, ref)

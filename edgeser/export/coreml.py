@@ -17,7 +17,6 @@ loud clip can overflow 65504 and ``log(x + 1e-10)`` of silence becomes ``log(0)`
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import platform
 from collections import Counter, defaultdict
@@ -139,22 +138,6 @@ def _atomic_save_dir(mlmodel, path: Path) -> None:
         _reproducible(tmp)
 
 
-@contextmanager
-def im2col_frames(model):
-    """The INT8 front-end frames by im2col while Core ML converts `model`: coremltools converts no zero-padding
-    of a computed length on a 2-D tensor, which the front-end's whole-hop framing needs (the same frames)."""
-    from edgeser.quant.qstudent import QuantFrontend
-
-    fronts = [m for m in model.modules() if isinstance(m, QuantFrontend)]
-    for m in fronts:
-        m.im2col = True
-    try:
-        yield
-    finally:
-        for m in fronts:
-            m.im2col = False
-
-
 def export_coreml(model, example_input, path, *, input_name: str = "audio",
                   output_name: str = "logits", frontend_fp32: bool = True,
                   samples_range: tuple[int, int] | None = None, metadata: dict | None = None,
@@ -176,7 +159,7 @@ def export_coreml(model, example_input, path, *, input_name: str = "audio",
     b, n = tuple(example_input.shape)
     dyn = None if samples_range is None else ({1: torch.export.Dim("samples", min=samples_range[0],
                                                                      max=samples_range[1])},)
-    with torch.no_grad(), size_oblivious(), im2col_frames(model):
+    with torch.no_grad(), size_oblivious():  # (the blocked front-end slices whole blocks: no pad)
         ep = torch.export.export(model.eval(), (example_input,), dynamic_shapes=dyn).run_decompositions({})
     shape = (b, n) if samples_range is None else (b, ct.RangeDim(samples_range[0], samples_range[1], default=n))
     if frontend_fp32:

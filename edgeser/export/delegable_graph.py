@@ -17,12 +17,13 @@ changes is only how a few steps are spelled, each a rejection the partitioner re
 - the two-range DFT's one conv, split (or sliced) in two, and its `where` (none of them delegated) -> two convs
   of the two halves' int8 rows, and an exact 0/1 mask from arithmetic (QuantFrontend.quantised_dft: halves,
   masked);
-- the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops,
-  straight into QuantFrontend's BlockFrames (its one-hot convs: by_one_hot).
+- the front-end's zero-padding to whole hops (a Pad of a computed length) -> none: the graph takes whole hops;
+- QuantFrontend.combine's reshape and slices of the DFT's output -> a grouped one-hot conv (a bin's J
+  positions summed) and one-hot convs picking the levels.
 
 The graph takes whole hops: a caller zero-pads the clip to the next multiple of the hop, which changes no frame
 and no level when the kernel is one sample longer than a whole number of hops (801 = 2 x 400 + 1: `whole_hops`;
-the frames then end exactly at the last block). The DFT is QuantFrontend's 1x1 int8 conv over the frames.
+the frames then end exactly at the last block). The DFT is QuantFrontend's strided int8 conv over the blocks.
 
 XNNPACK reshapes allow one dynamic dimension, so the graph has a batch of 1 and any number of hops; `Runner`
 feeds clips one at a time.
@@ -55,7 +56,18 @@ class DelegableGraph(nn.Module):
         fe = q.frontend
         self.register_buffer("mel_w", fe.fe.mel.unsqueeze(-1).clone())
         self.hop, self.blocks = fe.hop, fe.taps  # the shortest input, in whole hops
-        self.whole_hops = fe.framer is not None  # zero-padding to whole hops adds no frame
+        self.whole_hops = fe.blocked  # zero-padding to whole hops adds no frame
+        if fe.blocked:  # QuantFrontend.combine as convs: a frame's J blocks, picked by one-hot kernels of J + 1
+            j = fe.positions
+            for i in range(j):  # the levels of position i, each its own buffer (a static weight: XNNPACK left
+                # convs with a selected slice of one buffer outside its delegate)
+                pick = torch.zeros(1, 1, j + 1)
+                pick[0, 0, i] = 1.0
+                self.register_buffer(f"pick_level{i}", pick)
+            w = torch.zeros(fe.n_bins, j, j + 1)  # grouped (one group a bin): sum_j partial_j(block t + j)
+            for i in range(j):
+                w[:, i, i] = 1.0
+            self.register_buffer("sum_positions", w)
         self.register_buffer("head_w", dequantised(q.head))
         if fe.two_ranges:  # the DFT's coarse and fine rows as two int8 convs (QuantFrontend.two_range)
             d, half = fe.dft, fe.dft.w_int8.shape[0] // 2
@@ -85,9 +97,23 @@ class DelegableGraph(nn.Module):
         q, fe = self.q, self.q.frontend
         b = wav.shape[0]
         g = _max_last(wav.abs(), b).clamp_min(LEVEL_FLOOR).reshape(b, 1)  # frontend.peak_level
-        frames, level = fe.framer.by_one_hot(wav / g) if self.whole_hops else fe.levelled(wav / g)  # whole hops: no pad
-        halves = (lambda _: self.dft_halves(frames)) if fe.two_ranges else None
-        spec = fe.quantised_dft(fe.in_q(frames), halves=halves, masked=True)  # QuantFrontend.spectrum
+        if fe.blocked:  # every whole hop is a block (the graph takes whole hops: no slice, no pad)
+            rows = (wav / g).reshape(b, -1, self.hop)
+            level = rows.abs().reshape(b, -1, 1, self.hop).max(dim=3, keepdim=True)[0].reshape(b, -1, 1)
+            level = level.clamp_min(LEVEL_FLOOR)
+            f, level = (rows / level).reshape(b, 1, -1), level.reshape(b, 1, -1)
+        else:
+            f, level = fe.dft_input(wav / g)
+        halves = (lambda _: self.dft_halves(f)) if fe.two_ranges else None
+        spec = fe.quantised_dft(fe.in_q(f), halves=halves, masked=True)  # QuantFrontend.spectrum
+        if fe.blocked:  # QuantFrontend.combine: a grouped conv of kernel J + 1 sums the frames whose last
+            # block has a next sample
+            spec = F.conv1d(spec * level, self.sum_positions, groups=fe.n_bins)
+            top = None
+            for i in range(fe.positions):
+                lv = F.conv1d(level, getattr(self, f"pick_level{i}"))
+                top = lv if top is None else torch.maximum(top, lv)
+            spec, level = spec / top, top
         lp = torch.log(F.conv1d(spec.pow(2), self.mel_w).clamp_min(1e-10)) + 2.0 * torch.log(level)  # log_frames
         peak = _max_last(lp, b).reshape(b, 1, 1)  # LogMel.normalise
         mel = (torch.maximum(lp, peak - fe.fe.range) - peak) * (2.0 / fe.fe.range) + 1.0

@@ -25,10 +25,10 @@ not do. The runner still quantises and dequantises with a tensor's own scale and
 int8 input or output.
 
 Two rewrites besides the weights, both exact (`LiteRTGraph`):
-- the DFT conv (1 input channel, 801 taps, stride 400) became a DEPTHWISE_CONV_2D with a channel multiplier of
-  200, 2.6 ms a clip here on XNNPACK (16000 samples, 1 thread; 5.1 ms at 32000); as a conv over 400-sample
-  blocks (400 channels, 3 taps, stride 1) it is a CONV_2D, 0.30 ms (0.53 ms): the same int8 weights and scales,
-  the same int32 sums;
+- a strided DFT conv with 1 input channel becomes a DEPTHWISE_CONV_2D with a channel multiplier of 200, 2.6 ms
+  a clip here on XNNPACK (801 taps, stride 400, 16000 samples, 1 thread; 5.1 ms at 32000); as a conv over
+  400-sample blocks it is a CONV_2D, 0.30 ms (0.53 ms): the same int8 weights and scales, the same int32 sums.
+  The blocked front-end's DFT (400 taps, stride 400) is therefore a 1x1 conv over the blocks (B, 400, blocks);
 - a fixed length and batch 1: with a dynamic length litert-torch's JAX lowering of the peak (`amax`) fails
   ("zero-size array to reduction operation max"; its `mean` lowering, litert_torch/backend/lowerings/_basic.py,
   would divide by a count fixed at conversion), and a static graph's RESHAPEs fix the length (resized, XNNPACK
@@ -135,7 +135,7 @@ class LiteRTGraph(nn.Module):
     """`q`: QuantStudent.to_export(). The same maths, Q/DQ ops and scales, op for op, for a fixed `samples`,
     with every weight as a float buffer through its per-channel Q/DQ (litert-torch rejects folded int8 weights).
     The DFT is QuantFrontend's 1x1 conv over the frames, each levelled by its own peak: a CONV_2D (a GEMM); the
-    frames come from QuantFrontend's BlockFrames (the clip zero-padded to whole hops: the same frames).
+    levelled blocks are QuantFrontend's (dft_input), read as (B, hop, blocks).
     Export-only: the model's own source is untouched."""
 
     def __init__(self, q, samples: int):
@@ -154,9 +154,15 @@ class LiteRTGraph(nn.Module):
         (QuantFrontend.spectrum)."""
         fe = self.q.frontend
         dft = fe.dft
-        frames, level = fe.levelled(x)
-        return fe.quantised_dft(fe.in_q(frames), lambda m, f: F.conv1d(
-            f, _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp), dft.w_bias), masked=True), level
+        w = _qdq_weight(self.dft_w, dft.w_scale, dft.w_zp)
+
+        def conv(m, f):  # blocked: a 1x1 conv over the blocks (B, hop, blocks), a CONV_2D (a GEMM)
+            if not fe.blocked:
+                return F.conv1d(f, w, dft.w_bias)
+            cols = f.reshape(f.shape[0], -1, fe.hop).transpose(1, 2)
+            return F.conv1d(cols, w.reshape(w.shape[0], fe.hop, 1), dft.w_bias)
+
+        return fe.spectrum(x, conv, masked=True)
 
     def forward(self, audio: torch.Tensor) -> dict:
         from edgeser.models.frontend import peak_level

@@ -7,9 +7,9 @@
     STREAM_DIR/stream.json    sample rate, frame and hop lengths, classes, default window and hop
 
 Each frame depends only on its own samples, so a stream computes every frame once and overlapping windows share
-it (`edgeser stream`). The front-end levels each frame by its own peak before the INT8 DFT and restores the level
-after the log, so a frame's int8 codes, and its log-mel, are the same in whichever call it is computed, and a
-window is level-invariant. body(frontend(x)) is the onnx-int8 graph; verification checks it against the QAT model.
+it (`edgeser stream`). The front-end levels each block of one hop by its own peak before the INT8 DFT and each
+frame's level comes back after the log, so a frame's int8 codes, and its log-mel, are the same in whichever call
+it is computed (a call's audio starts on a frame, so on a block), and a window is level-invariant. body(frontend(x)) is the onnx-int8 graph; verification checks it against the QAT model.
 Both graphs take any batch and any length.
 """
 from __future__ import annotations

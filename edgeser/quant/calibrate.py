@@ -76,7 +76,8 @@ def load_qat(path: Path) -> tuple[QuantStudent, dict]:
         q.frontend.two_range(float(state["frontend.fine_gain"]))
     want = q.state_dict()
     if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
-        raise InputError(f"{path}: a QAT model of another layout (before edgeser 0.2 the INT8 front-end levelled "
-                         "each clip, not each frame); run `edgeser compress` again from the qat stage")
+        raise InputError(f"{path}: a QAT model of another layout (the INT8 front-end now levels each block of a "
+                         "hop; before issue 17 it levelled each frame, before edgeser 0.2 each clip); run "
+                         "`edgeser compress` again from the qat stage")
     q.load_state_dict(state)
     return q.eval(), cfg

@@ -11,84 +11,38 @@ from edgeser.models.frontend import LEVEL_FLOOR, peak_level
 from edgeser.models.student import Student
 from edgeser.quant.fakequant import ActQuant, QConv1d, QLinear
 
-
-class BlockFrames(nn.Module):
-    """(B, samples) of whole hops -> its frames (B, K, T) each divided by its peak, and the peaks (B, 1, T), for a
-    kernel one sample longer than whole hops (801 = 2 x 400 + 1): the waveform reshaped to (B, hop, blocks),
-    frame t = blocks t .. t + taps - 2 and the first sample of block t + taps - 1; its peak, the largest of
-    those blocks' peaks and that sample. The frames end exactly at the last block: zero-padding a clip to whole
-    hops adds no frame and no peak. Two spellings of the same values (bit for bit):
-
-    - `forward`: slices of the blocks and one concat, a copy of the samples (the ONNX graphs, LiteRT). The
-      one-hot convs cost 26 % of the INT8 student's time in onnxruntime (issue 17), the slices a copy;
-    - `by_one_hot`: block i of each frame picked by a depthwise conv with a one-hot kernel (3 MACs a sample),
-      the last block's first sample by a conv with one output channel, the peaks by the same convs: for
-      ExecuTorch's XNNPACK delegate, which left dynamic slices and max pools outside it (delegable_graph).
-    Im2col's Gather (and Tensor.unfold's index arithmetic) stayed outside the QNN HTP graph."""
-
-    def __init__(self, fe):
-        super().__init__()
-        self.hop, self.taps, self.k = fe.hop, fe.taps, fe.kernel_samples
-        if self.k % self.hop != 1:
-            raise ValueError(f"blocked frames need a kernel one sample longer than whole hops, not {self.k} "
-                             f"samples at a hop of {self.hop}")
-        for i in range(self.taps - 1):  # depthwise one-hot kernels: block i of each frame (static weights)
-            pick = torch.zeros(self.hop, 1, self.taps)
-            pick[:, 0, i] = 1.0
-            self.register_buffer(f"pick{i}", pick)
-            self.register_buffer(f"pick_peak{i}", pick[:1].clone())
-        last = torch.zeros(1, self.hop, self.taps)  # the last block's first sample (the frame's 801st), as a conv
-        last[0, 0, -1] = 1.0
-        self.register_buffer("pick_last", last)
-        self.register_buffer("pick_last_peak", last.clone())  # its own: XNNPACK rewrites each
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
-        rows = x.reshape(b, -1, self.hop)  # (B, blocks, hop)
-        cols = rows.transpose(1, 2)  # (B, hop, blocks)
-        n = cols.shape[2] - self.taps + 1  # frames
-        last = cols[:, :1, self.taps - 1:self.taps - 1 + n]  # the last block's first sample
-        frames = torch.cat([cols[:, :, i:i + n] for i in range(self.taps - 1)] + [last], dim=1)  # (B, K, T)
-        peak = rows.abs().amax(dim=2).unsqueeze(1)  # (B, 1, blocks)
-        level = last.abs()
-        for i in range(self.taps - 1):
-            level = torch.maximum(level, peak[:, :, i:i + n])
-        level = level.clamp_min(LEVEL_FLOOR)
-        return frames / level, level
-
-    def by_one_hot(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
-        rows = x.reshape(b, -1, self.hop)  # (B, blocks, hop)
-        cols = rows.transpose(1, 2)  # (B, hop, blocks)
-        parts = [F.conv1d(cols, getattr(self, f"pick{i}"), groups=self.hop) for i in range(self.taps - 1)]
-        frames = torch.cat(parts + [F.conv1d(cols, self.pick_last)], dim=1)  # (B, K, T)
-        peak = rows.abs().reshape(b, -1, 1, self.hop).max(dim=3, keepdim=True)[0].reshape(b, 1, -1)
-        level = F.conv1d(cols.abs(), self.pick_last_peak)  # the frame's peak: its last sample, then its blocks
-        for i in range(self.taps - 1):
-            level = torch.maximum(level, F.conv1d(peak, getattr(self, f"pick_peak{i}")))
-        level = level.clamp_min(LEVEL_FLOOR)
-        return frames / level, level
+# what stages/qat writes: its stage key carries it, so `--resume` re-runs QAT after a layout change (issue 17:
+# per-frame -> per-block levelling) instead of keeping a model file load_qat then refuses
+LAYOUT = "blocks-1"
 
 
 class QuantFrontend(nn.Module):
-    """The log-mel front-end with its DFT in INT8 (W8A8), each frame levelled on its own (block floating point):
+    """The log-mel front-end with its DFT in INT8 (W8A8), levelled block by block (block floating point):
 
-        clip peak level -> frames (B, K, T) of K samples every hop -> each frame / its level -> int8
-        -> DFT as a 1x1 conv over a frame's samples (int8 weights, pre-emphasis folded in) -> int8
-        -> power, mel, log (float) -> + 2 log(level)
+        clip peak level -> blocks of one hop, each / its own peak -> int8 -> the DFT's partial sums over each
+        block, one per position j of a block in a frame (one strided int8 conv) -> int8
+        -> frame t = sum_j partial_j(block t + j) x that block's level / the frame's level (float)
+        -> power, mel, log (float) -> + 2 log(frame level)
 
-    A frame's level is its peak |sample|. In float this is the FP32 student's front-end exactly: the DFT is
-    linear, so the level a frame loses before it comes back as 2 log(level) after the log. In INT8 each frame
-    reaches the DFT through all of int8's steps, and its DFT outputs use the output quantiser's range whatever
-    the frame's loudness: with one level per clip the quiet frames of real speech sat on a few int8 steps.
-    Measured on the espeak varlen development corpus (a student distilled from a log-mel CNN teacher, 200
-    validation / 280 held-out clips, the float body, each quantiser alone): the INT8 input agreed with FP32 on
-    98.5 / 98.6 % of clips with one level per clip, 100 / 98.9 % levelled per frame; the INT8 output on 95.0 /
-    96.4 %, and 97.5 / 98.6 %.
+    For a kernel one sample longer than J whole hops (801 = 2 x 400 + 1, `blocked`): frame t spans blocks t ..
+    t + J - 1 and the first sample of block t + J, whose DFT weight (a Hann window's end, 8e-6 of its row's
+    largest) is 0 in int8, as is the first one's. In float this is the FP32 student's front-end exactly: the DFT
+    is linear, so what a block loses in its level comes back when the partial sums are weighted by it, and what
+    the frame loses comes back as 2 log(level) after the log. In INT8 each block reaches the DFT through all of
+    int8's steps whatever its loudness, and its partial sums use the output quantiser's range (with one level
+    per clip the quiet frames of real speech sat on a few int8 steps; issue 11). The frame keeps a level of its
+    own (the largest of its blocks'), so powers stay in the range fp16 front-ends (QNN HTP, the ANE) carry.
+
+    Issue 17: the earlier layout levelled each frame, which needs the frames themselves (801 x T samples, each
+    sample twice) divided and quantised before a 1x1 conv; in onnxruntime that copying cost more than the DFT.
+    Blocks are the waveform itself, and the strided conv frames nothing. Each frame still depends on its own
+    samples only, so a stream computes it once (`edgeser stream`).
+
+    Other kernels (not J whole hops + 1) take each frame by im2col, levelled by its own peak, and a 1x1 conv.
 
     `equalise` scales each DFT output channel (DTFT bin) up to the same range before the one per-tensor output
     quantiser, and folds 1/c^2 into that channel's mel weights, so the float graph is unchanged: speech puts
-    most energy in a few bins, and one scale for all 200 outputs left the median output below one int8 step."""
+    most energy in a few bins, and one scale for all outputs left the median output below one int8 step."""
 
     def __init__(self, fe):
         super().__init__()
@@ -96,59 +50,97 @@ class QuantFrontend(nn.Module):
         self.in_q = ActQuant()
         self.kernel_samples = k = int(self.fe.dft.kernel_size[0])  # one frame, pre-emphasis included
         self.hop = int(self.fe.dft.stride[0])
-        self.taps = -(-k // self.hop)  # the whole hops a frame touches (export graphs that frame by blocks)
-        conv = nn.Conv1d(k, self.fe.dft.out_channels, 1, bias=False)
-        conv.weight.data = self.fe.dft.weight.detach().reshape(-1, k, 1).clone()
+        self.taps = -(-k // self.hop)  # the whole hops a frame touches (J + 1 when blocked)
+        self.blocked = k % self.hop == 1
+        w = self.fe.dft.weight.detach()  # (2F, 1, K)
+        if self.blocked:
+            self.positions = j = (k - 1) // self.hop
+            tail = w[:, 0, -1].abs() / w[:, 0].abs().amax(1)
+            if float(tail.max()) * 127 >= 0.5:
+                raise ValueError(f"the DFT kernel's last tap is {float(tail.max()):.2e} of its row's largest, not 0 "
+                                 "in int8: blocked frames drop it")
+            # rows k * J + j: bin k's weights on position j of a frame (a bin's positions side by side: the
+            # export graphs sum them with a grouped conv)
+            conv = nn.Conv1d(1, j * w.shape[0], self.hop, stride=self.hop, bias=False)
+            conv.weight.data = w[:, :, : j * self.hop].reshape(j * w.shape[0], 1, self.hop).clone()
+        else:
+            self.positions = 1
+            conv = nn.Conv1d(k, w.shape[0], 1, bias=False)
+            conv.weight.data = w.reshape(-1, k, 1).clone()
+        self.n_bins = int(w.shape[0])  # 2F: the DFT's outputs per frame
         self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
         self.dft_q = ActQuant()
         self.gain: float | None = None  # two_range(): the fine range's gain, a constant of the graph
-        self.framer = BlockFrames(self) if k % self.hop == 1 else None
-        self.im2col = False  # the same frames by im2col: Core ML converts no pad of a computed length (export/coreml)
+        self.register_buffer("blocked_flag", torch.tensor(self.blocked))  # load_qat: files of the frame layout
         del self.fe.dft
 
     def n_frames(self, samples: int) -> int:
         return (samples - self.kernel_samples) // self.hop + 1
 
-    def levelled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, samples) -> its frames (B, K, T), each divided by its level, and the levels (B, 1, T): the frame's
-        peak |sample|, floored."""
-        if self.framer is not None and not self.im2col:  # zero-padded to whole hops (a spelling of the length
-            # that torch.export takes for any)
-            n = x.shape[1]
-            blocks = (n + self.hop - 1) // self.hop
-            return self.framer(F.pad(x, (0, blocks * self.hop - n)))
-        # other framings: im2col (torch.export of Tensor.unfold guards "T != 1"), an ONNX Gather
+    def dft_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, samples) -> what the INT8 DFT conv reads, levelled, and the levels. Blocked: the whole blocks that
+        frames use (B, 1, blocks x hop), each divided by its peak, and those peaks (B, 1, blocks); else the frames
+        (B, K, T) by im2col, each divided by its peak, and the peaks (B, 1, T). Peaks are floored."""
+        b = x.shape[0]
+        if self.blocked:
+            blocks = (x.shape[1] - 1) // self.hop  # a frame's last block must have a next sample
+            rows = x[:, : blocks * self.hop].reshape(b, blocks, self.hop)
+            level = rows.abs().amax(dim=2, keepdim=True).clamp_min(LEVEL_FLOOR)  # (B, blocks, 1)
+            return (rows / level).reshape(b, 1, -1), level.reshape(b, 1, -1)
+        # torch.export of Tensor.unfold guards "T != 1"; F.unfold does not
         frames = F.unfold(x[:, None, None, :], (1, self.kernel_samples), stride=(1, self.hop))
         level = frames.abs().amax(1, keepdim=True).clamp_min(LEVEL_FLOOR)
         return frames / level, level
 
+    def combine(self, parts: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocked: (B, 2F x J, blocks) partial sums of the levelled blocks, their levels (B, 1, blocks) -> each
+        frame's DFT (B, 2F, T), sum_j partial_j(block t + j) x level(block t + j), over the frame's level, the
+        largest of its blocks', and that level (B, 1, T). Otherwise the frames' DFT and levels as they are."""
+        if not self.blocked:
+            return parts, level
+        b, n = parts.shape[0], parts.shape[2] - self.positions + 1  # frames
+        # one reshape (the conv's output then has one consumer: onnxruntime fuses the DFT into QLinearConv only
+        # so; two slices of it left a float Conv), then each position's blocks by slices (no Gather: QNN HTP)
+        p = parts.reshape(b, self.n_bins, self.positions, -1)
+        spec, top = None, None
+        for j in range(self.positions):
+            lv = level[:, :, j:j + n]
+            term = p[:, :, j:j + 1, j:j + n].reshape(b, self.n_bins, -1) * lv
+            spec = term if spec is None else spec + term
+            top = lv if top is None else torch.maximum(top, lv)
+        return spec / top, top
+
     @torch.no_grad()
     def equalise(self, wav: torch.Tensor, max_gain: float) -> torch.Tensor:
-        """Per channel k, c_k = min(max_gain, largest channel peak / channel k's peak) on `wav` (levelled):
-        DFT weights row k times c_k, mel column k over c_k^2. Returns c."""
-        frames, _ = self.levelled(wav / peak_level(wav))
-        peak = F.conv1d(frames, self.dft.weight[: self.fe.mel.shape[1]]).abs().amax(dim=(0, 2))
+        """Per channel k, c_k = min(max_gain, largest channel peak / channel k's peak) on `wav` (levelled, over
+        every position's partial sums): DFT weights of bin k times c_k, mel column k over c_k^2. Returns c."""
+        if self.two_ranges:
+            raise ValueError("equalise before two_range")
+        x, _ = self.dft_input(wav / peak_level(wav))
+        d = self.dft
+        out = F.conv1d(x, d.weight, None, d.stride).abs().amax(dim=(0, 2))  # (2F x J,)
+        peak = out.reshape(-1, self.positions).amax(1)
         c = (peak.max() / peak.clamp_min(1e-12)).clamp(1.0, max_gain)
-        self.dft.weight.mul_(c.repeat(2 if self.two_ranges else 1)[:, None, None])
+        self.dft.weight.mul_(c.repeat_interleave(self.positions)[:, None, None])
         self.fe.mel.div_(c[None, :] ** 2)
         return c
 
     def two_range(self, gain: float) -> None:
         """Give the INT8 DFT a second, `gain` times finer output range: the DFT conv gets its rows again times
-        `gain` (one conv, 2 x 2F outputs: onnxruntime fuses it into one QLinearConv; two convs on one input it
+        `gain` (one conv, 2 x its outputs: onnxruntime fuses it into one QLinearConv; two convs on one input it
         left in float), all quantised with the first half's output scale, so the second half resolves steps
         `gain` times smaller and saturates at 1/gain of the range. Each output takes its fine value where that
         did not saturate, else the coarse one (`quantised_dft`): about log2(gain) more bits for quiet outputs,
         at twice the DFT's MACs. With one int8 range the median frame's largest DFT output used a third of it
-        (frames are levelled by their sample peak), and the DFT output quantiser alone cost the FP32 student's
+        (frames levelled by their sample peak), and the DFT output quantiser alone cost the FP32 student's
         decisions on 2-3 % of clips on the espeak varlen corpus."""
         if gain <= 1:
             raise ValueError(f"two_range wants a gain > 1, not {gain}")
         if self.two_ranges:
             raise ValueError("the INT8 DFT already has two ranges")
-        w = self.dft.weight.detach()
-        conv = nn.Conv1d(self.kernel_samples, 2 * w.shape[0], 1, bias=False)
+        w, d = self.dft.weight.detach(), self.dft
+        conv = nn.Conv1d(w.shape[1], 2 * w.shape[0], w.shape[2], stride=d.stride, bias=False)
         conv.weight.data = torch.cat([w, w * float(gain)]).clone()
         self.dft = QConv1d(conv)
         self.dft.weight.requires_grad_(False)
@@ -160,8 +152,9 @@ class QuantFrontend(nn.Module):
         return self.gain is not None
 
     def quantised_dft(self, f: torch.Tensor, conv=None, halves=None, masked: bool = False) -> torch.Tensor:
-        """(B, K, T) int8 frames (in_q's output) -> (B, 2F, T) INT8 DFT outputs, through the fine range where
-        there is one (two_range). `conv(module, f)`: how the graph computes a QConv1d (default: the module).
+        """in_q's output (dft_input) -> the INT8 DFT conv's outputs (B, 2F x J, blocks), or (B, 2F, T) for
+        im2col frames, through the fine range where there is one (two_range). `conv(module, f)`: how the graph
+        computes a QConv1d (default: the module).
 
         Spellings for graphs whose runtimes reject an op (the values are the same): halves(f) -> the coarse and
         the fine half's conv outputs as two convs, for ExecuTorch's XNNPACK partitioner, which left the split or
@@ -194,11 +187,11 @@ class QuantFrontend(nn.Module):
     def forward(self, wav):
         return self.fe.normalise(self.frames(wav, restore=False))
 
-    def spectrum(self, x):
-        """(B, samples) clip-levelled waveform -> (B, 2F, T) INT8 DFT outputs of the frames each levelled to its
-        own peak, and those peaks (B, 1, T)."""
-        frames, level = self.levelled(x)
-        return self.quantised_dft(self.in_q(frames)), level
+    def spectrum(self, x, conv=None, masked: bool = False):
+        """(B, samples) clip-levelled waveform -> (B, 2F, T) the frames' DFT from the INT8 DFT's outputs, each
+        frame levelled by its own level, and those levels (B, 1, T). conv, masked: quantised_dft's."""
+        f, level = self.dft_input(x)
+        return self.combine(self.quantised_dft(self.in_q(f), conv, masked=masked), level)
 
     def log_frames(self, x):
         """(B, samples) clip-levelled waveform -> its log-mel power per frame (B, n_mels, T), each frame's level

@@ -7,7 +7,7 @@ import torch
 from edgeser import seeds
 from edgeser.models.io import load_student, save_model
 from edgeser.quant.calibrate import SEARCH_CLIPS, calibrate, search_scales
-from edgeser.quant.qstudent import QuantStudent
+from edgeser.quant.qstudent import LAYOUT, QuantStudent
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
 from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats, relu_unsigned
@@ -75,4 +75,4 @@ def run(ctx: Context) -> dict:
 
 
 STAGE = Stage("qat", run, sections=("qat", "train"), inputs=(stage_file("prune", MODEL), LOGITS),
-              outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)))
+              outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)), layout=LAYOUT)
