@@ -131,8 +131,8 @@ def test_quantised_frontend_levels_each_block_on_its_own():
     assert float((moved - 2 * math.log(0.01)).abs().max()) < 1e-3
     # the same, one level per clip: the quiet frames' int8 codes are those of a 40 dB quieter input
     per_clip = _calibrated_quant_frontend(x)
-    blocks = lambda v: (v.shape[1] - 1) // hop  # noqa: E731  (the blocks frames use, unlevelled)
-    per_clip.dft_input = lambda v: (v[:, : blocks(v) * hop].reshape(v.shape[0], 1, -1),
+    blocks = lambda v: -(-v.shape[1] // hop)  # noqa: E731  (whole blocks, zero-padded, unlevelled)
+    per_clip.dft_input = lambda v: (torch.nn.functional.pad(v, (0, blocks(v) * hop - v.shape[1]))[:, None, :],
                                     torch.ones(v.shape[0], 1, blocks(v)))
     bad = per_clip.frames(quiet, restore=True)[..., inside] - per_clip.frames(x, restore=True)[..., inside]
     assert float((bad - 2 * math.log(0.01)).abs().max()) > 0.1

@@ -53,7 +53,7 @@ def test_file_metadata_quantisation_and_tflm_check(exported):
     assert io["input"]["dtype"] == "float32"  # the raw waveform: levelled in the graph before the first quantiser
     bounds = tfl["io"]["int8_boundaries"]
     fe = job.qexport.frontend  # the DFT's input quantiser, on the clip's blocks each levelled by its own peak...
-    blocks = (SAMPLES - 1) // fe.hop
+    blocks = -(-SAMPLES // fe.hop)  # whole blocks, zero-padded
     assert bounds[0]["op"] == "QUANTIZE" and bounds[0]["shape"] == [1, blocks, fe.hop]
     assert bounds[0]["scale"] == pytest.approx(float(job.qexport.frontend.in_q.export_scale))  # ...the QAT one
     assert all(b["zero_point"] == 0 and b["dtype"] == "int8" for b in bounds)  # symmetric, as the QAT model

@@ -79,13 +79,15 @@ class QuantFrontend(nn.Module):
         return (samples - self.kernel_samples) // self.hop + 1
 
     def dft_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, samples) -> what the INT8 DFT conv reads, levelled, and the levels. Blocked: the whole blocks that
-        frames use (B, 1, blocks x hop), each divided by its peak, and those peaks (B, 1, blocks); else the frames
+        """(B, samples) -> what the INT8 DFT conv reads, levelled, and the levels. Blocked: the clip in whole blocks
+        (B, 1, blocks x hop), each divided by its peak, and those peaks (B, 1, blocks); else the frames
         (B, K, T) by im2col, each divided by its peak, and the peaks (B, 1, T). Peaks are floored."""
         b = x.shape[0]
-        if self.blocked:
-            blocks = (x.shape[1] - 1) // self.hop  # a frame's last block must have a next sample
-            rows = x[:, : blocks * self.hop].reshape(b, blocks, self.hop)
+        if self.blocked:  # zero-padded to whole hops (a spelling of the length torch.export takes for any): the
+            # last block is then never a frame's (its next sample does not exist), and combine drops it
+            n = x.shape[1]
+            blocks = (n + self.hop - 1) // self.hop
+            rows = F.pad(x, (0, blocks * self.hop - n)).reshape(b, blocks, self.hop)
             level = rows.abs().amax(dim=2, keepdim=True).clamp_min(LEVEL_FLOOR)  # (B, blocks, 1)
             return (rows / level).reshape(b, 1, -1), level.reshape(b, 1, -1)
         # torch.export of Tensor.unfold guards "T != 1"; F.unfold does not
@@ -99,17 +101,20 @@ class QuantFrontend(nn.Module):
         largest of its blocks', and that level (B, 1, T). Otherwise the frames' DFT and levels as they are."""
         if not self.blocked:
             return parts, level
-        b, n = parts.shape[0], parts.shape[2] - self.positions + 1  # frames
+        b, n = parts.shape[0], parts.shape[2] - self.positions  # frames: the last block has no next sample
         # one reshape (the conv's output then has one consumer: onnxruntime fuses the DFT into QLinearConv only
-        # so; two slices of it left a float Conv), then each position's blocks by slices (no Gather: QNN HTP)
-        p = parts.reshape(b, self.n_bins, self.positions, -1)
-        spec, top = None, None
+        # so; two slices of it left a float Conv), a split into positions and slices (no Gather: QNN HTP; a
+        # reshape there made torch.export guard "frames != 1")
+        p = torch.split(parts.reshape(b, self.n_bins, self.positions, -1), 1, dim=2)
+        lv = [level[:, :, j:j + n] for j in range(self.positions)]
+        top = lv[0]
+        for v in lv[1:]:
+            top = torch.maximum(top, v)
+        spec = None  # the levels' ratios are (B, 1, T): one multiply of the partial sums each
         for j in range(self.positions):
-            lv = level[:, :, j:j + n]
-            term = p[:, :, j:j + 1, j:j + n].reshape(b, self.n_bins, -1) * lv
+            term = p[j].squeeze(2)[:, :, j:j + n] * (lv[j] / top)
             spec = term if spec is None else spec + term
-            top = lv if top is None else torch.maximum(top, lv)
-        return spec / top, top
+        return spec, top
 
     @torch.no_grad()
     def equalise(self, wav: torch.Tensor, max_gain: float) -> torch.Tensor:
