@@ -27,7 +27,9 @@ For each corpus (bench/dev_corpus.py presets small, ravdess, varlen; see bench/D
 Printed per corpus: baseline UA, teacher UA and INT8 (onnx-int8) UA as mean ± std over folds (sample std),
 the drop teacher − INT8 (mean over folds, points), the step along teacher → distill → prune → qat → onnx-int8
 with the largest mean UA loss (where the drop happens; "none" when no step loses), the folds and clips, the
-gates, and the corpus's wall time. Then the total wall time, and as the LAST line one JSON object:
+gates, the INT8 artifact's robustness (issue 8's suite, gated cases, from each fold's report.json: its worst
+agreement with the FP32 student, its worst agreement with its own 0 dB decisions outside +6 dB, and at +6 dB,
+where clips clip), and the corpus's wall time. Then the total wall time, and as the LAST line one JSON object:
 max_drop_pt (largest mean drop over the corpora), teacher_beats_baseline_all, and per corpus its figures (UA
 as fractions 0..1 like cv.json, drops in points). cv's own output goes to stderr.
 
@@ -200,6 +202,31 @@ def corpus_figures(name: str, cv: dict, base: dict, clips: int, speakers: int, r
             "failed_gates": cv.get("failed", []), "folds_match_cv": folds_match, "seconds": seconds}
 
 
+def robustness_figures(run: Path, folds: int) -> dict:
+    """From each fold's report.json, the INT8 artifact's robustness suite (edgeser/robustness.py) over its gated
+    cases: the worst agreement with the FP32 student on the same input, the worst agreement with its own 0 dB
+    decisions outside +6 dB (which clips), and that +6 dB case; mean and std over the folds, 0..1."""
+    per: dict[str, list[float]] = {"int8_vs_fp32_worst": [], "self_worst_unclipped": [], "self_clipped_6db": []}
+    for k in range(1, folds + 1):
+        report = run / f"fold-{k}" / "report.json"
+        if not report.is_file():
+            continue
+        arts = json.loads(report.read_text())["artifacts"]
+        arts = arts if isinstance(arts, list) else list(arts.values())
+        rob = next((a.get("robustness") for a in arts if a.get("name") == INT8), None)
+        cases = [c for c in (rob or {}).get("cases", []) if c["gated"]]
+        if not cases:
+            continue
+        per["int8_vs_fp32_worst"].append(min(c["agree_ref"] for c in cases))
+        own = [c for c in cases if c["agree_self"] is not None]
+        per["self_worst_unclipped"].append(min(c["agree_self"] for c in own if c["case"] != "gain +6 dB"))
+        clipped = [c["agree_self"] for c in own if c["case"] == "gain +6 dB"]
+        if clipped:
+            per["self_clipped_6db"].append(clipped[0])
+    return {k: {"mean": statistics.mean(v) if v else None, "std": statistics.stdev(v) if len(v) > 1 else None,
+                "folds": len(v)} for k, v in per.items()}
+
+
 def _ms(m, s, scale=100.0, unit="%") -> str:
     if m is None:
         return "—"
@@ -220,6 +247,10 @@ def print_corpus(name: str, f: dict) -> None:
             ("UA lost per step, pt", losses),
             ("folds / clips / speakers", f"{f['folds']} speaker folds / {f['clips']} / {f['speakers']}"),
             ("gates", gates),
+            *[(label, _ms(f["robustness"][k]["mean"], f["robustness"][k]["std"], 100.0, "%"))
+              for k, label in (("int8_vs_fp32_worst", "INT8 = FP32, worst gated case"),
+                               ("self_worst_unclipped", "INT8 = its own 0 dB, worst but +6 dB"),
+                               ("self_clipped_6db", "INT8 = its own 0 dB at +6 dB (clips)"))],
             ("run", f["run"]),
             ("wall time", f"{f['seconds']:.0f} s")]
     print(f"\n## {name} (mean ± std over folds)")
@@ -335,8 +366,9 @@ def run_corpus(a, c: dict, out_dir: Path) -> dict:
     cv = json.loads(cv_json.read_text())
     ran = [sorted(p["test"]["speakers"]) for p in cv["per_fold"]]
     match = ran == [sorted(g) for g in groups]
-    return corpus_figures(c["name"], cv, base, len(c["items"]), len({it.speaker for it in c["items"]}), run,
-                          time.perf_counter() - t, match)
+    figures = corpus_figures(c["name"], cv, base, len(c["items"]), len({it.speaker for it in c["items"]}), run,
+                             time.perf_counter() - t, match)
+    return figures | {"robustness": robustness_figures(run, len(groups))}
 
 
 def main(argv=None) -> int:
