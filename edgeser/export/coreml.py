@@ -17,6 +17,8 @@ loud clip can overflow 65504 and ``log(x + 1e-10)`` of silence becomes ``log(0)`
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 import platform
 from collections import Counter, defaultdict
@@ -138,6 +140,22 @@ def _atomic_save_dir(mlmodel, path: Path) -> None:
         _reproducible(tmp)
 
 
+@contextmanager
+def unfold_blocks(model):
+    """The INT8 front-end takes its blocks by im2col while Core ML converts `model`: coremltools converts no
+    zero-padding of a computed length, and not the concat of zeros the other graphs use (the same blocks)."""
+    from edgeser.quant.qstudent import QuantFrontend
+
+    fronts = [m for m in model.modules() if isinstance(m, QuantFrontend)]
+    for m in fronts:
+        m.unfold_blocks = True
+    try:
+        yield
+    finally:
+        for m in fronts:
+            m.unfold_blocks = False
+
+
 def export_coreml(model, example_input, path, *, input_name: str = "audio",
                   output_name: str = "logits", frontend_fp32: bool = True,
                   samples_range: tuple[int, int] | None = None, metadata: dict | None = None,
@@ -159,7 +177,7 @@ def export_coreml(model, example_input, path, *, input_name: str = "audio",
     b, n = tuple(example_input.shape)
     dyn = None if samples_range is None else ({1: torch.export.Dim("samples", min=samples_range[0],
                                                                      max=samples_range[1])},)
-    with torch.no_grad(), size_oblivious():  # (the blocked front-end slices whole blocks: no pad)
+    with torch.no_grad(), size_oblivious(), unfold_blocks(model):
         ep = torch.export.export(model.eval(), (example_input,), dynamic_shapes=dyn).run_decompositions({})
     shape = (b, n) if samples_range is None else (b, ct.RangeDim(samples_range[0], samples_range[1], default=n))
     if frontend_fp32:

@@ -73,6 +73,7 @@ class QuantFrontend(nn.Module):
         self.dft_q = ActQuant()
         self.gain: float | None = None  # two_range(): the fine range's gain, a constant of the graph
         self.register_buffer("blocked_flag", torch.tensor(self.blocked))  # load_qat: files of the frame layout
+        self.unfold_blocks = False  # the same blocks by im2col (export/coreml.unfold_blocks)
         del self.fe.dft
 
     def n_frames(self, samples: int) -> int:
@@ -87,7 +88,14 @@ class QuantFrontend(nn.Module):
             # last block is then never a frame's (its next sample does not exist), and combine drops it
             n = x.shape[1]
             blocks = (n + self.hop - 1) // self.hop
-            rows = F.pad(x, (0, blocks * self.hop - n)).reshape(b, blocks, self.hop)
+            if self.unfold_blocks:  # (Core ML) hop - 1 zeros, a constant pad, and im2col drops the rest
+                rows = F.unfold(F.pad(x, (0, self.hop - 1))[:, None, None, :], (1, self.hop),
+                                stride=(1, self.hop)).transpose(1, 2)
+            else:  # zeros appended as a concat: fewer than a hop, and a clip is at least one frame, so the
+                # slice they are shaped from lies inside it (torch.export proves it; Core ML converts neither
+                # this concat nor a pad of a computed length)
+                zeros = torch.zeros_like(x[:, : blocks * self.hop - n])
+                rows = torch.cat([x, zeros], dim=1).reshape(b, blocks, self.hop)
             level = rows.abs().amax(dim=2, keepdim=True).clamp_min(LEVEL_FLOOR)  # (B, blocks, 1)
             return (rows / level).reshape(b, 1, -1), level.reshape(b, 1, -1)
         # torch.export of Tensor.unfold guards "T != 1"; F.unfold does not
@@ -101,18 +109,19 @@ class QuantFrontend(nn.Module):
         largest of its blocks', and that level (B, 1, T). Otherwise the frames' DFT and levels as they are."""
         if not self.blocked:
             return parts, level
-        b, n = parts.shape[0], parts.shape[2] - self.positions  # frames: the last block has no next sample
+        b, j_ = parts.shape[0], self.positions
+        # frames: every block but the last J, whose next sample does not exist; position j reads blocks
+        # j .. j + frames, a slice with a constant end (-(J - j)): a computed one broke Core ML's conversion
         # one reshape (the conv's output then has one consumer: onnxruntime fuses the DFT into QLinearConv only
-        # so; two slices of it left a float Conv), a split into positions and slices (no Gather: QNN HTP; a
-        # reshape there made torch.export guard "frames != 1")
-        p = torch.split(parts.reshape(b, self.n_bins, self.positions, -1), 1, dim=2)
-        lv = [level[:, :, j:j + n] for j in range(self.positions)]
+        # so), a split into positions (no Gather: QNN HTP; a select made torch.export guard "frames != 1")
+        p = torch.split(parts.reshape(b, self.n_bins, j_, -1), 1, dim=2)
+        lv = [level[:, :, j:j - j_] for j in range(j_)]
         top = lv[0]
         for v in lv[1:]:
             top = torch.maximum(top, v)
         spec = None  # the levels' ratios are (B, 1, T): one multiply of the partial sums each
-        for j in range(self.positions):
-            term = p[j].squeeze(2)[:, :, j:j + n] * (lv[j] / top)
+        for j in range(j_):
+            term = p[j].squeeze(2)[:, :, j:j - j_] * (lv[j] / top)
             spec = term if spec is None else spec + term
         return spec, top
 
