@@ -36,7 +36,11 @@ class QuantFrontend(nn.Module):
     Issue 17: the earlier layout levelled each frame, which needs the frames themselves (801 x T samples, each
     sample twice) divided and quantised before a 1x1 conv; in onnxruntime that copying cost more than the DFT.
     Blocks are the waveform itself, and the strided conv frames nothing. Each frame still depends on its own
-    samples only, so a stream computes it once (`edgeser stream`).
+    samples only, so a stream computes it once (`edgeser stream`). Measured with bench/generalization.py (the
+    demo recipe, 3 speaker folds on each espeak corpus small / ravdess / varlen): INT8 UA 44.7 / 45.2 / 50.0 %
+    (per frame 44.2 / 45.2 / 50.0), the robustness suite's worst INT8 = FP32 agreement 98.4 / 98.3 / 98.2 %
+    (per frame 98.4 / 98.2 / 97.0); one level per clip (before edgeser 0.2) had agreed with FP32 on 50 % of
+    clips at -20 dB.
 
     Other kernels (not J whole hops + 1) take each frame by im2col, levelled by its own peak, and a 1x1 conv.
 
@@ -110,8 +114,8 @@ class QuantFrontend(nn.Module):
         if not self.blocked:
             return parts, level
         b, j_ = parts.shape[0], self.positions
-        # frames: every block but the last J, whose next sample does not exist; position j reads blocks
-        # j .. j + frames, a slice with a constant end (-(J - j)): a computed one broke Core ML's conversion
+        # frames: as many as blocks less J (the last block, zero-padded, is no frame's); position j reads blocks
+        # j .. j + frames - 1, a slice with a constant end (-(J - j)): a computed one broke Core ML's conversion
         # one reshape (the conv's output then has one consumer: onnxruntime fuses the DFT into QLinearConv only
         # so), a split into positions (no Gather: QNN HTP; a select made torch.export guard "frames != 1")
         p = torch.split(parts.reshape(b, self.n_bins, j_, -1), 1, dim=2)
