@@ -98,8 +98,9 @@ def test_export_graph_matches_fakequant_and_runs_int8_kernels(tmp_path):
     opt = onnx.load(tmp_path / "opt.onnx").graph
     ops = collections.Counter(n.op_type for n in opt.node)
     assert ops["QLinearConv"] == 5, ops  # INT8 kernels for the DFT and every body conv
-    # no float Conv is left: the front-end frames by slices (BlockFrames.forward; its one-hot convs cost 26 % of
-    # the INT8 time), and the mel filterbank is the one FusedConv (Conv + the clamp before the log)
+    # no float Conv is left: the front-end's levelled blocks feed the one strided DFT conv (the one-hot framing
+    # convs before issue 17 cost 26 % of the INT8 time), and the mel filterbank is the one FusedConv (Conv + the
+    # clamp before the log)
     assert ops["Conv"] == 0 and ops["FusedConv"] == 1, ops
     # every Q/DQ is symmetric: zero point 0, int8
     g = onnx.load(path).graph

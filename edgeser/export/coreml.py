@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-
 import platform
 from collections import Counter, defaultdict
 from pathlib import Path

@@ -134,8 +134,8 @@ def _qdq_weight(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch
 class LiteRTGraph(nn.Module):
     """`q`: QuantStudent.to_export(). The same maths, Q/DQ ops and scales, op for op, for a fixed `samples`,
     with every weight as a float buffer through its per-channel Q/DQ (litert-torch rejects folded int8 weights).
-    The DFT is QuantFrontend's 1x1 conv over the frames, each levelled by its own peak: a CONV_2D (a GEMM); the
-    levelled blocks are QuantFrontend's (dft_input), read as (B, hop, blocks).
+    The DFT reads QuantFrontend's blocks, each levelled by its own peak (dft_input), as (B, hop, blocks): a 1x1
+    conv, a CONV_2D (a GEMM), whose partial sums QuantFrontend.combine adds into frames.
     Export-only: the model's own source is untouched."""
 
     def __init__(self, q, samples: int):
