@@ -38,7 +38,8 @@ Roofline:
                      measured on this CPU through onnxruntime's own INT8 kernels (QLinearConv/QGemm/
                      QLinearMatMul on compute-bound shapes, best of N), i.e. an achievable-peak roofline.
   The MAC count includes the float mel matmul; the share of MACs that runs in INT8 kernels (convs:
-  DFT front-end and body -> QLinearConv, head -> QGemm) is printed, checked against the optimised graph,
+  DFT front-end and body -> QLinearConv, or the DFT of qat.dft_output int32 -> MatMulInteger;
+  head -> QGemm) is printed, checked against the optimised graph,
   and a kernel-level fraction (INT8 MACs / time inside the INT8 ops from ORT's profiler / peak) is added.
   Where the student's time goes (ORT profiler, per op type, median over runs) is printed for both students.
 """
@@ -266,14 +267,17 @@ def main() -> None:
     opt = optimized_ops(paths["student_int8"])
     layers = int8_layer_macs(ex["qexport"], SAMPLES)
     conv_layers = {n: m for n, m in layers.items() if n != "head"}
-    # every int8-weight conv became a QLinearConv, and the only float conv left is the mel matmul (FusedConv)
-    conv_int8 = opt.count("QLinearConv") == len(conv_layers) and "Conv" not in opt and opt.count("FusedConv") <= 1
+    # every int8-weight conv became a QLinearConv (or, the DFT of qat.dft_output int32, a MatMulInteger), and the
+    # only float conv left is the mel matmul (FusedConv)
+    int_convs = opt.count("QLinearConv") + opt.count("MatMulInteger")
+    conv_int8 = int_convs == len(conv_layers) and "Conv" not in opt and opt.count("FusedConv") <= 1
     linear_int8 = "QGemm" in opt and "Gemm" not in opt
     int8_macs = (sum(conv_layers.values()) if conv_int8 else 0) + (layers.get("head", 0) if linear_int8 else 0)
     peak = int8_peak_macs_per_s(threads=1, seconds=args.peak_seconds)
     fraction = achieved_fraction(macs, p50["student_int8"] / 1e3, peak["peak_macs_per_s"])
     prof = {n: op_profile(paths[n], x, runs=100) for n in ("student_int8", "student_fp32")}
-    int8_op_time = sum(v for k, v in prof["student_int8"].items() if k in INT8_OPS["qlinearconv"] | INT8_OPS["qgemm"])
+    int8_op_time = sum(v for k, v in prof["student_int8"].items()
+                       if k in INT8_OPS["qlinearconv"] | INT8_OPS["qgemm"] | INT8_OPS["qmatmul"])
     kernel_fraction = achieved_fraction(int8_macs, int8_op_time, peak["peak_macs_per_s"]) if int8_op_time else None
 
     ua_drop = (teacher_ua - qat_ua) * 100
@@ -332,7 +336,8 @@ def main() -> None:
     print(f"  student: {macs / 1e6:.2f} MMAC per 3 s clip; INT8 kernels run {int8_macs / 1e6:.2f} MMAC "
           f"({100 * int8_macs / macs:.1f} %: DFT {layers.get('frontend.dft', 0) / 1e6:.2f} + body convs "
           f"{(sum(conv_layers.values()) - layers.get('frontend.dft', 0)) / 1e6:.2f} MMAC "
-          f"[{opt.count('QLinearConv')} QLinearConv{'' if conv_int8 else ' - NOT all fused: ' + str(Counter(opt))}], "
+          f"[{opt.count('QLinearConv')} QLinearConv + {opt.count('MatMulInteger')} MatMulInteger"
+          f"{'' if conv_int8 else ' - NOT all fused: ' + str(Counter(opt))}], "
           f"head {layers.get('head', 0) / 1e3:.2f} kMAC [{'QGemm' if linear_int8 else 'float Gemm: float logits'}]); "
           f"float: the mel matmul and the rest {(macs - int8_macs) / 1e6:.2f} MMAC")
     print(f"  achieved {macs / (p50['student_int8'] / 1e3) / 1e9:.2f} GMAC/s at p50 -> roofline fraction "

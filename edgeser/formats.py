@@ -36,6 +36,7 @@ class Format:
     note: str | None = None  # said in verify's reason whenever it runs (e.g. a simulator's latency)
     simulated: bool = False  # its runtime here is a simulator: the robustness suite runs on fewer clips
     zero_points_zero: bool = False  # its runtime takes only zero points of 0 (qat.relu_quant auto: symmetric)
+    int32_dft: bool = False  # it runs the INT8 DFT with int32 sums and no output quantiser (qat.dft_output auto)
 
 
 _OX = "edgeser.export.onnx_export"
@@ -45,20 +46,21 @@ _ET = "edgeser.export.executorch"
 
 REGISTRY: dict[str, Format] = {f.name: f for f in [
     Format("torchscript", "student_int8.ts", "int8-qdq", "qat", f"{_OX}:export_torchscript_artifact",
-           f"{_RT}:torchscript_runner", "pytorch", f"{_CARD}:TORCHSCRIPT", suffixes=(".ts",), bench="torchscript"),
+           f"{_RT}:torchscript_runner", "pytorch", f"{_CARD}:TORCHSCRIPT", suffixes=(".ts",), bench="torchscript",
+           int32_dft=True),
     Format("pt2", "student_int8.pt2", "int8-qdq", "qat", f"{_OX}:export_pt2_artifact", f"{_RT}:pt2_runner",
-           "pytorch", f"{_CARD}:PT2", suffixes=(".pt2",), bench="pt2"),
+           "pytorch", f"{_CARD}:PT2", suffixes=(".pt2",), bench="pt2", int32_dft=True),
     Format("onnx-fp32", "student_fp32.onnx", "fp32", "prune", f"{_OX}:export_fp32_artifact", f"{_RT}:onnx_runner",
-           "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx"),
+           "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx", int32_dft=True),
     Format("onnx-int8", "student_int8.onnx", "int8", "qat", f"{_OX}:export_int8_artifact", f"{_RT}:onnx_runner",
-           "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx"),
+           "onnxruntime", f"{_CARD}:ONNX", suffixes=(".onnx",), bench="onnx", int32_dft=True),
     # the same INT8 graph split at the log-mel of each frame, for `edgeser stream` with its feature cache
     Format("onnx-int8-stream", "student_int8_stream", "int8", "qat", "edgeser.export.stream_export:export_artifact",
-           f"{_RT}:stream_runner", "onnxruntime", f"{_CARD}:STREAM"),
+           f"{_RT}:stream_runner", "onnxruntime", f"{_CARD}:STREAM", int32_dft=True),
     # baseline: onnxruntime quantize_static (MinMax) on the same pruned student, no QAT
     Format("onnx-int8-ptq", "student_int8_ptq.onnx", "int8", "prune", "edgeser.export.ptq:export_artifact",
            f"{_RT}:onnx_runner", "onnxruntime", f"{_CARD}:ONNX", needs=("onnx-fp32",), role="baseline",
-           suffixes=(".onnx",), bench="onnx"),
+           suffixes=(".onnx",), bench="onnx", int32_dft=True),
     Format("coreml", "student_w8a8.mlpackage", "int8", "qat", "edgeser.export.coreml:export_artifact",
            f"{_RT}:coreml_runner", "coreml", f"{_CARD}:COREML",
            available="edgeser.export.coreml:coreml_predict_available", suffixes=(".mlpackage", ".mlmodel"),
@@ -108,6 +110,11 @@ GATED_DEFAULT = ("onnx-int8",)  # what verify gates unless the recipe says: the 
 def zero_points_zero(formats) -> list[str]:
     """The formats among `formats` whose runtimes take only zero points of 0 (TensorRT)."""
     return [f for f in formats if REGISTRY[f].zero_points_zero]
+
+
+def int8_dft_only(formats) -> list[str]:
+    """The formats among `formats` that need the INT8 DFT's output requantised to int8 (qat.dft_output)."""
+    return [f for f in formats if not REGISTRY[f].int32_dft]
 
 
 def resolve(ref: str):

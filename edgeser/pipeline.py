@@ -35,6 +35,8 @@ def key_sections(stage: Stage, recipe_json: dict, target: Target, recipe: Recipe
         out["files"] = {field: [sha256(p) for p in paths] for field, paths in files.items()}
     if stage.layout is not None:
         out["layout"] = stage.layout
+    if stage.derived is not None and recipe is not None:
+        out["derived"] = stage.derived(recipe)
     return out
 
 

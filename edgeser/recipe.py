@@ -416,6 +416,14 @@ class QAT(Train):
     # (ONNX transformer teacher) and from 98.6 / 97.9 / 97.1 % to 98.6 / 98.6 / 99.6 % (TorchScript CNN teacher)
     dft_fine_gain: float = Field(4.0, ge=1, le=64, description="gain of the INT8 DFT's second, finer output range "
                                  "(twice the DFT's MACs); 1 = one int8 range")
+    # the INT8 DFT's output: int32 sums of int8 x int8 products, scaled to float with no output quantiser
+    # (onnxruntime: u8 x s8 MatMulInteger; its output step, the two ranges and equalise are then moot), or
+    # requantised to int8 (dft_fine_gain, dft_equalise), which every INT8-only runtime needs (TensorRT's rules,
+    # QNN HTP, LiteRT, ExecuTorch). auto: int32 when every format in export.formats takes it (formats.Format.
+    # int32_dft), else int8. Issue 17: measured in bench/compression.py and bench/generalization.py.
+    dft_output: Literal["auto", "int32", "int8"] = Field("auto", description="the INT8 DFT's output: int32 sums "
+                                                         "to float (onnxruntime, PyTorch) or requantised to "
+                                                         "int8; auto = int32 when every export format takes it")
     # the quantiser after each Conv + ReLU: unsigned (zero point -128: 0..255 steps,
     # twice the resolution; onnxruntime drops the ReLU and fuses each block into one QLinearConv), or symmetric
     # (zero point 0), which TensorRT needs. auto: symmetric when export.formats has tensorrt, else unsigned.
@@ -553,6 +561,17 @@ class Recipe(_Section):
             raise ValueError(f"qat.relu_quant: unsigned gives zero points of -128, which {', '.join(strict)} "
                              f"rejects (its zero points must be 0): use auto or symmetric, or drop it from "
                              f"export.formats")
+        return self
+
+    @model_validator(mode="after")
+    def _dft_output_for_formats(self):
+        from edgeser.formats import int8_dft_only
+
+        strict = int8_dft_only(self.export.formats)
+        if self.qat.dft_output == "int32" and strict:
+            raise ValueError(f"qat.dft_output: int32 leaves the INT8 DFT's output unquantised, which "
+                             f"{', '.join(strict)} cannot run (it wants int8 between every layer): use auto or "
+                             f"int8, or drop it from export.formats")
         return self
 
     @model_validator(mode="after")

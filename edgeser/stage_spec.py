@@ -26,6 +26,8 @@ class Stage:
     # external teacher); their content (sha256) is part of its key, so changing one reruns it and what follows
     layout: str | None = None  # the layout of what it writes (a model file's tensors), part of its key: a new
     # layout reruns it on --resume instead of leaving a file the stages after it refuse
+    derived: Callable | None = None  # derived(recipe) -> dict: choices it resolves from sections it does not
+    # declare (qat's `auto` options from export.formats), part of its key
 
 
 def order(stages: list[Stage]) -> list[Stage]:

@@ -40,6 +40,14 @@ def size_oblivious():
     return fx_config.patch(backed_size_oblivious=True)
 
 
+def int32_dft(model) -> bool:
+    """Whether `model` (a student, or a graph holding one's front-end) has the INT8 DFT with int32 sums
+    (QuantFrontend.int32_output), which its ONNX file gets as MatMulInteger (export/int32_dft.py)."""
+    fe = getattr(model, "frontend", None)
+    fe = getattr(fe, "frontend", fe)  # the stream graphs hold the QuantFrontend one level down
+    return bool(getattr(fe, "int32", False))
+
+
 def example_batch(samples: int, static_batch: int | None) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(static_batch or 2, samples, generator=g) * 0.1  # batch >= 2 for a dynamic dim
@@ -56,6 +64,10 @@ def export_onnx(model, samples: int, path, *, opset: int = 18, static_batch: int
     with quiet(), size_oblivious(), atomic_path(path) as tmp:
         torch.onnx.export(model, (x,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
                           input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=dyn)
+        if int32_dft(model):
+            from edgeser.export.int32_dft import rewrite_file
+
+            rewrite_file(tmp)
         if meta:
             write_onnx_metadata(tmp, meta)
 

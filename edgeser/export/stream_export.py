@@ -90,6 +90,11 @@ def export_stream(qexport, classes: list[str], samples: int, out_dir: Path, *, o
                           external_data=False, opset_version=opset, input_names=["audio", "cached"],
                           output_names=["logits", FRAMES],
                           dynamic_shapes=({0: batch, 1: n_samples}, {0: batch, 2: n_cached}))
+        if qexport.frontend.int32:  # the INT8 DFT as onnxruntime's integer GEMM (export/int32_dft.py)
+            from edgeser.export.int32_dft import rewrite_file
+
+            for name in (FRONTEND, STEP):
+                rewrite_file(tmp / name)
         if meta:
             from edgeser.export.artifact_meta import write_onnx_metadata
 

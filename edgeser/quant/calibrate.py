@@ -74,6 +74,8 @@ def load_qat(path: Path) -> tuple[QuantStudent, dict]:
     q = QuantStudent(build_student(cfg), relu_unsigned=bool(state["relu_unsigned_flag"]))
     if "frontend.fine_gain" in state:  # a two-range INT8 DFT (qat.dft_fine_gain)
         q.frontend.two_range(float(state["frontend.fine_gain"]))
+    if "frontend.int32_flag" in state:  # the INT8 DFT with int32 sums (qat.dft_output)
+        q.frontend.int32_output()
     want = q.state_dict()
     if state.keys() != want.keys() or any(state[k].shape != want[k].shape for k in want):
         raise InputError(f"{path}: a QAT model of another layout (the INT8 front-end now levels each block of a "

@@ -155,8 +155,9 @@ class QuantFrontend(nn.Module):
         decisions on 2-3 % of clips on the espeak varlen corpus."""
         if gain <= 1:
             raise ValueError(f"two_range wants a gain > 1, not {gain}")
-        if self.two_ranges:
-            raise ValueError("the INT8 DFT already has two ranges")
+        if self.two_ranges or self.int32:
+            raise ValueError("the INT8 DFT already has two ranges" if self.two_ranges else
+                             "two_range: the INT8 DFT has int32 outputs (int32_output)")
         w, d = self.dft.weight.detach(), self.dft
         conv = nn.Conv1d(w.shape[1], 2 * w.shape[0], w.shape[2], stride=d.stride, bias=False)
         conv.weight.data = torch.cat([w, w * float(gain)]).clone()
@@ -169,6 +170,21 @@ class QuantFrontend(nn.Module):
     def two_ranges(self) -> bool:
         return self.gain is not None
 
+    def int32_output(self) -> None:
+        """The INT8 DFT without an output quantiser (qat.dft_output int32): its outputs are the int32 sums of the
+        int8 blocks and int8 weights, times the two scales, in float. Nothing is rounded after the products, so
+        the one error left in the DFT is the input's int8 step (the fine range's 2x MACs, its select and
+        equalise were all there to shrink the output step). onnxruntime runs it as one u8 x s8 MatMulInteger
+        (export.int32_dft); PyTorch graphs (TorchScript, pt2) as a conv of the dequantised int8 values."""
+        if self.two_ranges:
+            raise ValueError("int32_output: the INT8 DFT has two output ranges")
+        self.dft_q = None
+        self.register_buffer("int32_flag", torch.tensor(True))  # load_qat
+
+    @property
+    def int32(self) -> bool:
+        return self.dft_q is None
+
     def quantised_dft(self, f: torch.Tensor, conv=None, halves=None, masked: bool = False) -> torch.Tensor:
         """in_q's output (dft_input) -> the INT8 DFT conv's outputs (B, 2F x J, blocks), or (B, 2F, T) for
         im2col frames, through the fine range where there is one (two_range). `conv(module, f)`: how the graph
@@ -178,12 +194,14 @@ class QuantFrontend(nn.Module):
         the fine half's conv outputs as two convs, for ExecuTorch's XNNPACK partitioner, which left the split or
         slices of one conv's output outside its delegates; masked: the range chosen by an exact 0/1 mask from
         arithmetic instead of where (no LESS / SELECT: TFLite Micro and XNNPACK have neither)."""
-        if not self.two_ranges:
-            return self.dft_q(self.dft(f) if conv is None else conv(self.dft, f))
-        if halves is not None:
+        if halves is not None and self.two_ranges:
             coarse, fine = (self.dft_q.quantise(h) for h in halves(f))
         else:
             y = self.dft(f) if conv is None else conv(self.dft, f)
+            if self.int32:  # int32 sums, no output quantiser (int32_output)
+                return y
+            if not self.two_ranges:
+                return self.dft_q(y)
             half = y.shape[1] // 2
             if not self.dft_q.export:  # (no slice op in an export graph)
                 self.dft_q.observe_(y[:, :half])  # the scale is the coarse range's

@@ -122,13 +122,21 @@ def kd_fit_for(ctx: Context, model, kd: KDSet, cfg, seed: int, desc: str, use_sm
                   compute=ctx.recipe.train, **kw)
 
 
-def relu_unsigned(ctx: Context) -> bool:
-    """The recipe's qat.relu_quant for this run: auto = symmetric (False) when it exports a format whose runtime
-    takes only zero points of 0 (TensorRT), unsigned otherwise."""
-    from edgeser.formats import zero_points_zero
+def qat_layout(recipe) -> dict:
+    """What the recipe's `auto` QAT choices resolve to for its export.formats (part of the qat stage's key, so a
+    change of formats that changes them reruns QAT): relu_unsigned, qat.relu_quant (auto = symmetric when a
+    format's runtime takes only zero points of 0, TensorRT); int32_dft, qat.dft_output (auto = int32 when every
+    format runs the INT8 DFT with int32 sums, formats.Format.int32_dft)."""
+    from edgeser.formats import int8_dft_only, zero_points_zero
 
-    mode = ctx.recipe.qat.relu_quant
-    return not zero_points_zero(ctx.recipe.export.formats) if mode == "auto" else mode == "unsigned"
+    relu, dft, formats = recipe.qat.relu_quant, recipe.qat.dft_output, recipe.export.formats
+    return {"relu_unsigned": not zero_points_zero(formats) if relu == "auto" else relu == "unsigned",
+            "int32_dft": not int8_dft_only(formats) if dft == "auto" else dft == "int32"}
+
+
+def relu_unsigned(ctx: Context) -> bool:
+    """The recipe's qat.relu_quant for this run (qat_layout)."""
+    return qat_layout(ctx.recipe)["relu_unsigned"]
 
 
 def student_select(kd: KDSet, select: str):

@@ -10,7 +10,7 @@ from edgeser.quant.calibrate import SEARCH_CLIPS, calibrate, search_scales
 from edgeser.quant.qstudent import LAYOUT, QuantStudent
 from edgeser.run_dir import METRICS, MODEL, stage_file
 from edgeser.stage_spec import Stage
-from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats, relu_unsigned
+from edgeser.stages.common import LOGITS, Context, kd_fit_for, kd_set_for, model_stats, qat_layout
 from edgeser.train import evaluate, predict
 
 
@@ -46,11 +46,15 @@ def fidelity(fp32, x: torch.Tensor, lengths=(0.5, 1.0, 3.0)):
 def run(ctx: Context) -> dict:
     cfg, corpus = ctx.recipe.qat, ctx.corpus
     student, scfg = load_student(ctx.stage_dir("prune") / "model.pt")
-    q = QuantStudent(student, relu_unsigned=relu_unsigned(ctx))
-    if cfg.dft_equalise > 1:
-        q.frontend.equalise(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_equalise)
-    if cfg.dft_fine_gain > 1:
-        q.frontend.two_range(cfg.dft_fine_gain)
+    layout = qat_layout(ctx.recipe)
+    q = QuantStudent(student, relu_unsigned=layout["relu_unsigned"])
+    if layout["int32_dft"]:  # no DFT output quantiser: its step, equalise and the fine range are moot
+        q.frontend.int32_output()
+    else:
+        if cfg.dft_equalise > 1:
+            q.frontend.equalise(corpus.splits["train"].x[: cfg.batch_size * cfg.calib_batches], cfg.dft_equalise)
+        if cfg.dft_fine_gain > 1:
+            q.frontend.two_range(cfg.dft_fine_gain)
     calibrate(q, corpus.splits["train"].x, cfg.calib_batches, cfg.batch_size)
     calibrated = evaluate(q, corpus.splits["val"], corpus.classes)
     def on_epoch(epoch):  # BN statistics and observers follow the activations, then freeze
@@ -68,6 +72,7 @@ def run(ctx: Context) -> dict:
         clips = corpus.splits["train"].x[: min(SEARCH_CLIPS, cfg.batch_size * cfg.calib_batches)]
         info["scale_search"] = search_scales(q, student, torch.as_tensor(np.asarray(clips)))
     info["val_ua_after_calibration"] = calibrated["ua"]
+    info["layout"] = layout
     save_model(ctx.stage_dir("qat") / "model.pt", q, scfg)
     metrics = {"test": evaluate(q, corpus.splits["test"], corpus.classes),
                **model_stats(q.to_export(), corpus.splits["test"].x.shape[1]), "train": info}
@@ -75,4 +80,5 @@ def run(ctx: Context) -> dict:
 
 
 STAGE = Stage("qat", run, sections=("qat", "train"), inputs=(stage_file("prune", MODEL), LOGITS),
-              outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)), layout=LAYOUT)
+              outputs=(stage_file("qat", MODEL), stage_file("qat", METRICS)), layout=LAYOUT,
+              derived=qat_layout)
