@@ -46,7 +46,11 @@ class QuantFrontend(nn.Module):
 
     `equalise` scales each DFT output channel (DTFT bin) up to the same range before the one per-tensor output
     quantiser, and folds 1/c^2 into that channel's mel weights, so the float graph is unchanged: speech puts
-    most energy in a few bins, and one scale for all outputs left the median output below one int8 step."""
+    most energy in a few bins, and one scale for all outputs left the median output below one int8 step.
+
+    `int32_output` (qat.dft_output int32, for onnxruntime and PyTorch graphs) drops the output quantiser: the
+    partial sums stay the int32 sums of int8 products, so equalise and the fine range (`two_range`) have
+    nothing left to do, and onnxruntime runs the DFT as one u8 x s8 MatMulInteger (export/int32_dft.py)."""
 
     def __init__(self, fe):
         super().__init__()
