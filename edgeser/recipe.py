@@ -553,25 +553,21 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
-    def _relu_quant_for_tensorrt(self):
-        from edgeser.formats import zero_points_zero
+    def _qat_choices_for_formats(self):
+        """qat.relu_quant unsigned and qat.dft_output int32, asked for by name, against the formats that cannot
+        run them (auto picks what every format runs: stages.common.qat_layout)."""
+        from edgeser.formats import int8_dft_only, zero_points_zero
 
-        strict = zero_points_zero(self.export.formats)
-        if self.qat.relu_quant == "unsigned" and strict:
-            raise ValueError(f"qat.relu_quant: unsigned gives zero points of -128, which {', '.join(strict)} "
-                             f"rejects (its zero points must be 0): use auto or symmetric, or drop it from "
-                             f"export.formats")
-        return self
-
-    @model_validator(mode="after")
-    def _dft_output_for_formats(self):
-        from edgeser.formats import int8_dft_only
-
-        strict = int8_dft_only(self.export.formats)
-        if self.qat.dft_output == "int32" and strict:
-            raise ValueError(f"qat.dft_output: int32 leaves the INT8 DFT's output unquantised, which "
-                             f"{', '.join(strict)} cannot run (it wants int8 between every layer): use auto or "
-                             f"int8, or drop it from export.formats")
+        bad = []
+        if self.qat.relu_quant == "unsigned" and zero_points_zero(self.export.formats):
+            bad.append(("qat.relu_quant: unsigned gives zero points of -128, which {} rejects (its zero points "
+                        "must be 0): use auto or symmetric", zero_points_zero(self.export.formats)))
+        if self.qat.dft_output == "int32" and int8_dft_only(self.export.formats):
+            bad.append(("qat.dft_output: int32 leaves the INT8 DFT's output unquantised, which {} cannot run (it "
+                        "wants int8 between every layer): use auto or int8", int8_dft_only(self.export.formats)))
+        if bad:
+            raise ValueError("; ".join(f"{text.format(', '.join(formats))}, or drop it from export.formats"
+                                       for text, formats in bad))
         return self
 
     @model_validator(mode="after")
