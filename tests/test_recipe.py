@@ -39,6 +39,7 @@ BAD = [
     ([("data.test_speakers", 0.5), ("data.val_speakers", 0.5)], "val_speakers"),
     ([("qat.relu_quant", "unsigned"), ("export.formats", ["onnx-int8", "tensorrt"])], "qat.relu_quant"),
     ([("qat.relu_quant", "zero")], "qat.relu_quant"),
+    ([("qat.dft_output", "int32"), ("export.formats", ["onnx-int8", "coreml"])], "qat.dft_output"),
     ([("student.fmax_hz", 9000)], "student.fmax_hz"),
 ]
 
