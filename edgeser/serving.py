@@ -1,21 +1,13 @@
 """In-process dynamic batching (in the spirit of Triton's dynamic batcher) and a closed-loop load test.
 
-`DynamicBatcher` queues single requests from many threads. Two threads serve them, a pipeline of two stages:
-the gatherer takes the first request, gathers more until it has as many as it expects or `max_wait_ms` has
-passed since that first request arrived, stacks them and hands the batch on; the worker calls `run_batch` once
-per batch and hands each caller its own row. While the worker is inside `run_batch` (onnxruntime releases the
-GIL) the gatherer forms and stacks the next batch, so the model does not sit idle while callers come back.
-
-How many it expects: the most requests that were in flight at once over the last `history` gatherings (its
-"company"), split into `groups` batches, at most `max_batch`.
-Expecting company only where it has been seen keeps a lone client from paying max_wait_ms on every call, and
-lets a full house run as soon as it is all there instead of at the deadline. With groups=2 (the default) a
-closed loop of N clients settles into two batches of N/2 that take turns: one runs while the other's callers
-are answered and resubmit. On a CPU, where a compute-bound model gains little from a bigger batch, that is what
-keeps the model busy; groups=1 gathers everyone into one batch (an accelerator that gains from batch size).
-`max_batch=1` is plain batch-1 serving through the same queue and threads (the baseline). `load_test` drives a
-batcher with N client threads, `compare_batching` measures batch-1 serving against dynamic batching for an ONNX
-model.
+`DynamicBatcher` queues single requests from many threads; one worker thread takes the first request,
+gathers more until it has as many as it expects (the most requests that were in flight at once over the
+last `history` gatherings, at most `max_batch`) or `max_wait_ms` has passed since that first request arrived,
+stacks them, calls `run_batch` once and hands each caller its own row. Expecting company only where it has
+been seen is what keeps a lone client from paying max_wait_ms on every call, and lets a full house run
+as soon as it is all there instead of at the deadline. `max_batch=1` is plain batch-1
+serving through the same queue and thread (the baseline). `load_test` drives a batcher with N client
+threads, `compare_batching` measures batch-1 serving against dynamic batching for an ONNX model.
 """
 from __future__ import annotations
 
@@ -44,48 +36,35 @@ class _Request:
 _STOP = object()  # queued by close(): nothing is queued after it
 
 
-@dataclass
-class _Batch:
-    reqs: list[_Request]
-    x: np.ndarray  # the requests stacked, row i for reqs[i]
-
-
 class DynamicBatcher:
     """Queues concurrent requests and runs them in batches, bounded by max_batch and max_wait_ms.
 
     Requests of different shapes (or dtypes) taken in the same gathering window run as separate
     `run_batch` calls, one per shape. An exception raised by `run_batch` is set on every future of that
-    call; the worker keeps serving. `close()` (or leaving the `with` block) stops both threads: the call in
-    progress finishes, requests not yet run (queued, or gathered and waiting for the worker) get a
-    RuntimeError.
+    call; the worker keeps serving. `close()` (or leaving the `with` block) stops the worker: the call in
+    progress finishes, requests not yet run get a RuntimeError.
     """
 
     def __init__(self, run_batch: RunBatch, max_batch: int = 32, max_wait_ms: float = 2.0, name: str = "batcher",
-                 history: int = 16, groups: int = 2):
+                 history: int = 16):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         if int(history) < 1:
             raise ValueError(f"history must be >= 1, got {history}")
-        if int(groups) < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
         self.run_batch, self.max_batch, self.max_wait_ms, self.name = run_batch, int(max_batch), float(max_wait_ms), name
-        self.groups = int(groups)
         # requests submitted and not yet answered; the most of them at once since the last gathering began,
-        # and that peak for each of the last `history` gatherings: the company the gatherer waits for
+        # and that peak for each of the last `history` gatherings: the company the worker waits for
         self._inflight = self._peak = 0
         self._peaks: deque[int] = deque(maxlen=int(history))
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._ready: queue.Queue = queue.Queue(maxsize=1)  # gatherer -> worker: one batch waits while one runs
+        self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()  # orders submit() against close(); guards the counters
         self._closed = False
         self._batches = self._requests = self._errors = 0
         self._sizes: Counter[int] = Counter()
-        self._gatherer = threading.Thread(target=self._gather_loop, name=f"{name}-gather", daemon=True)
-        self._worker = threading.Thread(target=self._work_loop, name=f"{name}-worker", daemon=True)
+        self._worker = threading.Thread(target=self._serve, name=f"{name}-worker", daemon=True)
         self._worker.start()
-        self._gatherer.start()
 
     # ---- client side -------------------------------------------------------------------------------
     def submit(self, x: np.ndarray) -> Future:
@@ -110,12 +89,10 @@ class DynamicBatcher:
 
     @property
     def expected_batch(self) -> int:
-        """How many requests the gatherer waits for before max_wait_ms runs out: the most that were in flight
-        at once over the last `history` gatherings (the current one included), divided into `groups` batches
-        (rounded up), at most max_batch. (Not less those with the worker: a straggler would then run alone, and
-        the split it started would keep itself going.)"""
+        """How many requests the worker gathers before max_wait_ms runs out: the most that were in flight at
+        once over the last `history` gatherings (the current one included), at most max_batch."""
         with self._lock:
-            return min(self.max_batch, -(-self._company() // self.groups))
+            return min(self.max_batch, self._company())
 
     def _company(self) -> int:
         """(lock held) the most requests in flight at once since the oldest gathering remembered."""
@@ -123,23 +100,21 @@ class DynamicBatcher:
 
     def infer(self, x: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """submit(x).result(timeout), except that a lone request (nothing in flight, and no company expected)
-        runs at once in the calling thread: handing it to the threads and back costs thread wake-ups, about
-        as much as the 2 s student's call itself here. The timeout does not bound such a call."""
+        runs at once in the calling thread: handing it to the worker and back costs two thread wake-ups,
+        about as much as the 2 s student's call itself here. The timeout does not bound such a call."""
         req, alone = self._admit(x, inline=True)
-        if alone and req.future.set_running_or_notify_cancel():
-            # counted, answered and its errors set exactly as the worker would
-            self._run(_Batch([req], np.stack([req.x])))
+        if alone:
+            self._run([req])  # counted, answered and its errors set exactly as the worker would
         return req.future.result(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop accepting requests and stop both threads (waits up to `timeout` s for the batch in progress)."""
+        """Stop accepting requests and stop the worker (waits up to `timeout` s for the batch in progress)."""
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._queue.put(_STOP)
-        for th in (self._gatherer, self._worker):
-            if threading.current_thread() is not th:
-                th.join(timeout)
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
 
     @property
     def closed(self) -> bool:
@@ -162,31 +137,29 @@ class DynamicBatcher:
                     "max_batch_size": max(self._sizes, default=0),
                     "histogram": dict(sorted(self._sizes.items()))}
 
-    # ---- gatherer ----------------------------------------------------------------------------------
-    def _gather_loop(self) -> None:
-        try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP or self._closed:
-                    self._fail_pending([] if first is _STOP else [first])
-                    return
-                gathered, stop = self._gather(first)
-                if stop:
-                    self._fail_pending(gathered)
-                    return
-                groups: dict[tuple, list[_Request]] = {}
-                for req in gathered:
-                    groups.setdefault((req.x.shape, req.x.dtype.str), []).append(req)
-                for reqs in groups.values():
-                    self._hand_over(reqs)
-        finally:
-            self._ready.put(_STOP)  # the worker stops after the batches handed before this
+    # ---- worker ------------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP or self._closed:
+                self._fail_pending([] if first is _STOP else [first])
+                return
+            batch, stop = self._gather(first)
+            if stop:
+                self._fail_pending(batch)
+                return
+            groups: dict[tuple, list[_Request]] = {}
+            for req in batch:
+                groups.setdefault((req.x.shape, req.x.dtype.str), []).append(req)
+            for reqs in groups.values():
+                self._run(reqs)
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        """Requests to run with `first`, `expected_batch` of them at most: those already queued, then more as
-        they come until there are that many or max_wait_ms has passed since first arrived. Requests that queued
-        while the gatherer waited for the worker run with what is queued: their deadline has passed. Taking no
-        more than expected is what splits a closed loop into `groups` batches that take turns.
+        """Requests to run with `first`: those already queued (up to max_batch), then more until there are
+        `expected_batch` of them or max_wait_ms has passed since first arrived. Requests that queued behind
+        a call in progress run as soon as it ends, with what is queued: waiting there for the callers that call
+        answered gave full batches (31.1 of 32 at concurrency 32) but left the model idle while they came back
+        (73 % of the ceiling against 86 % with half-batches, bench/realtime.py on the demo student).
         Returns (requests, stop) where stop means close() was called meanwhile."""
         with self._lock:
             self._peaks.append(self._peak)
@@ -194,8 +167,10 @@ class DynamicBatcher:
         expect = self.expected_batch
         batch = [first]
         deadline = first.t_submit + self.max_wait_ms / 1000
-        while len(batch) < expect:
+        while len(batch) < self.max_batch:
             remaining = deadline - time.perf_counter()
+            if len(batch) >= expect:
+                remaining = 0.0  # everyone expected is here: take what is queued, wait no longer
             try:
                 req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -205,26 +180,39 @@ class DynamicBatcher:
             batch.append(req)
         return batch, False
 
-    def _hand_over(self, reqs: list[_Request]) -> None:
-        """Stack the requests their callers have not cancelled and give them to the worker (waits while the
-        worker has one batch running and another waiting)."""
+    def _settled(self, n: int) -> None:
+        """n queued requests leave the service: counted out BEFORE their callers are answered, or a caller
+        that resubmits at once would be counted in flight twice, and a lone client would look like two."""
+        with self._lock:
+            self._inflight -= n
+
+    def _run(self, reqs: list[_Request]) -> None:
         n = len(reqs)
         reqs = [r for r in reqs if r.future.set_running_or_notify_cancel()]  # drop requests the caller cancelled
         if n > len(reqs):
             self._settled(n - len(reqs))
         if not reqs:
             return
-        self._ready.put(_Batch(reqs, np.stack([r.x for r in reqs])))
-
-    def _settled(self, n: int) -> None:
-        """n requests leave the service: counted out BEFORE
-        their callers are answered, or a caller that resubmits at once would be counted in flight twice, and a
-        lone client would look like two."""
-        with self._lock:
-            self._inflight -= n
+        try:
+            out = np.asarray(self.run_batch(np.stack([r.x for r in reqs])))
+            if out.ndim == 0 or len(out) != len(reqs):
+                raise ValueError(f"{self.name}: run_batch returned shape {out.shape} for a batch of {len(reqs)}")
+        except BaseException as e:  # noqa: BLE001  every caller of this call gets the error
+            with self._lock:
+                self._errors += 1
+                self._inflight -= len(reqs)
+            for r in reqs:
+                r.future.set_exception(e)
+            return
+        with self._lock:  # count before answering: a caller that got its result sees it in stats
+            self._inflight -= len(reqs)
+            self._batches += 1
+            self._requests += len(reqs)
+            self._sizes[len(reqs)] += 1
+        for i, r in enumerate(reqs):
+            r.future.set_result(out[i].copy())
 
     def _fail_pending(self, gathered: list[_Request]) -> None:
-        """(gatherer) every request gathered or still queued fails: the batcher is closed."""
         pending = list(gathered)
         while True:
             try:
@@ -234,46 +222,9 @@ class DynamicBatcher:
             if item is not _STOP:
                 pending.append(item)
         self._settled(len(pending))
-        _fail([r for r in pending if r.future.set_running_or_notify_cancel()], self.name)
-
-    # ---- worker ------------------------------------------------------------------------------------
-    def _work_loop(self) -> None:
-        while True:
-            batch = self._ready.get()
-            if batch is _STOP:
-                return
-            if self._closed:  # handed over, not run yet: fails like a queued request
-                self._settled(len(batch.reqs))
-                _fail(batch.reqs, self.name)
-                continue
-            self._run(batch)
-
-    def _run(self, batch: _Batch) -> None:
-        """Call run_batch on a batch whose futures are running, and answer each caller (or set the error)."""
-        reqs, n = batch.reqs, len(batch.reqs)
-        try:
-            out = np.asarray(self.run_batch(batch.x))
-            if out.ndim == 0 or len(out) != n:
-                raise ValueError(f"{self.name}: run_batch returned shape {out.shape} for a batch of {n}")
-        except BaseException as e:  # noqa: BLE001  every caller of this call gets the error
-            with self._lock:
-                self._errors += 1
-            self._settled(n)
-            for r in reqs:
-                r.future.set_exception(e)
-            return
-        with self._lock:  # count before answering: a caller that got its result sees it in stats
-            self._inflight -= n
-            self._batches += 1
-            self._requests += n
-            self._sizes[n] += 1
-        for i, r in enumerate(reqs):
-            r.future.set_result(out[i].copy())
-
-
-def _fail(reqs: list[_Request], name: str) -> None:
-    for r in reqs:
-        r.future.set_exception(RuntimeError(f"{name} closed before this request ran"))
+        for r in pending:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(RuntimeError(f"{self.name} closed before this request ran"))
 
 
 def _check_request(x, name: str) -> None:

@@ -160,53 +160,20 @@ def test_expected_company_is_forgotten_after_history_gatherings():
         assert time.perf_counter() - t < 0.015
 
 
-@pytest.mark.parametrize("groups, lo, hi", [(1, 4, 8), (2, 3, 4)])
-def test_a_full_house_runs_before_the_deadline(groups, lo, hi):
+def test_a_full_house_runs_before_the_deadline():
     """8 closed-loop clients against max_batch 32 and max_wait 200 ms: once 8 have been seen in flight, a
-    gathering that has all it expects runs at once instead of waiting 200 ms for 24 that never come. One group
-    gathers all 8 together; two groups take turns with 4 each (never more: the other 4 are with the worker)."""
+    gathering that has all 8 runs at once instead of waiting 200 ms for 24 that never come."""
     x = requests(1)[0]
-    with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=200, groups=groups) as b:
+    with DynamicBatcher(slow_matmul, max_batch=32, max_wait_ms=200) as b:
         r = load_test(b, x, concurrency=8, requests_per_client=10, duration_s=20, warmup=2)
     assert r["requests"] == 80 and r["errors"] == 0
-    assert r["p50_ms"] < 100  # about one or two 2 ms calls; the fixed wait would make it >= 200
-    assert lo < r["mean_batch_size"] <= hi
-
-
-def test_the_next_batch_is_stacked_while_a_call_runs():
-    """The gatherer stacks the next batch while the worker is inside run_batch, so consecutive calls follow
-    each other without the stacking time in between (a single thread that gathers, stacks and then calls
-    would leave a gap of at least one stack between calls)."""
-    spans: list[tuple[float, float]] = []
-
-    def sleepy(x):
-        t = time.perf_counter()
-        time.sleep(0.02)  # releases the GIL, as onnxruntime does
-        spans.append((t, time.perf_counter()))
-        return x[:, :4]
-
-    x = np.random.default_rng(12).standard_normal(4_000_000).astype(np.float32)  # 16 MB: stacking 2 takes ms
-    t = time.perf_counter()
-    for _ in range(3):
-        np.stack([x, x])
-    stack_s = (time.perf_counter() - t) / 3
-    with DynamicBatcher(sleepy, max_batch=32, max_wait_ms=50, groups=2) as b:
-        r = load_test(b, x, concurrency=4, requests_per_client=12, duration_s=20, warmup=1)
-    assert r["requests"] == 48 and r["errors"] == 0
-    late = spans[len(spans) // 2:]  # the clients start in step; the two groups settle within a few calls
-    gaps = [s2 - e1 for (_, e1), (s2, _) in zip(late, late[1:])]
-    assert stack_s > 0.002, f"stacking took only {stack_s * 1000:.2f} ms: the test cannot tell"
-    assert np.median(gaps) < stack_s / 2, f"median gap {np.median(gaps) * 1000:.2f} ms, stack {stack_s * 1000:.2f} ms"
-
-
-def test_groups_must_be_positive():
-    with pytest.raises(ValueError, match="groups"):
-        DynamicBatcher(matmul, groups=0)
+    assert r["p50_ms"] < 100  # about one 2 ms call; the fixed wait would make it >= 200
+    assert r["mean_batch_size"] > 4
 
 
 def test_a_full_batch_runs_without_waiting_for_max_wait():
     xs = requests(4, seed=4)
-    with DynamicBatcher(matmul, max_batch=4, max_wait_ms=5000, groups=1) as b:
+    with DynamicBatcher(matmul, max_batch=4, max_wait_ms=5000) as b:
         t = time.perf_counter()
         results = [f.result(5) for f in [b.submit(x) for x in xs]]
         waited = time.perf_counter() - t
@@ -225,7 +192,7 @@ def test_run_batch_exception_reaches_every_future_and_worker_survives():
     good = np.abs(requests(3, seed=5))
     bad = good.copy()
     bad[1, 0] = -1.0
-    with DynamicBatcher(picky, max_batch=3, max_wait_ms=5000, groups=1) as b:
+    with DynamicBatcher(picky, max_batch=3, max_wait_ms=5000) as b:
         futures = [b.submit(x) for x in bad]  # fills one batch of 3
         for f in futures:
             with pytest.raises(ArithmeticError, match="negative first feature"):
@@ -237,7 +204,7 @@ def test_run_batch_exception_reaches_every_future_and_worker_survives():
 
 
 def test_run_batch_returning_the_wrong_number_of_rows_is_an_error():
-    with DynamicBatcher(lambda x: x[:1], max_batch=2, max_wait_ms=5000, groups=1) as b:
+    with DynamicBatcher(lambda x: x[:1], max_batch=2, max_wait_ms=5000) as b:
         futures = [b.submit(x) for x in requests(2)]
         for f in futures:
             with pytest.raises(ValueError, match="returned shape"):
