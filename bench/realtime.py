@@ -40,8 +40,9 @@ All onnxruntime sessions: 1 intra-op thread.
                  over rounds.
   batching_throughput_gain   dynamic throughput / batch-1 serving throughput, both at concurrency 32.
   p95_ratio      dynamic p95 at concurrency 32 / single-request p50 (the model called alone at batch 1, no service).
-Spread: each load-test cell is one --duration run per round; every figure above that is a ratio of medians is printed with
-the p50/p95/p99 it comes from, and the stream timings with their min..max over --repeats.
+Spread: each load-test cell is one --duration run per round; every figure above that is a ratio of medians is
+printed with the p50/p95/p99 it comes from, the batching figures with their min..max over rounds, and the
+stream timings with their min..max over --repeats.
 """
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per load-test cell")
     ap.add_argument("--rounds", type=int, default=3, help="batching rounds (ceiling and load tests each round)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
 
     from edgeser.serving import compare_batching
     from edgeser.streaming.artifact import StreamModel
