@@ -13,6 +13,8 @@ Method
 Accuracy (from the run's report.json, the held-out speakers of that run):
   ua_drop_pt   teacher UA (report["teacher"]["ua"]) minus the UA of the final INT8 artifact (`onnx-int8`),
                in points (x100).
+  ua_drop_ci_pt  its 95 % paired-bootstrap interval over the held-out clips, from report.json (verify's
+               `ua_drop_ci_pt` of `onnx-int8`), or null if the report has none.
   qat_ua       UA of `onnx-int8` (the QAT student exported with Q/DQ), 0..1 like report.json.
   ptq_ua       UA of `onnx-int8-ptq` (post-training quantisation) when the run has it, else null (never
                estimated).
@@ -32,6 +34,9 @@ Latency (3 s clip, 48000 samples, batch 1):
   model over those calls; the input is one fixed clip.
   latency_ratio_vs_teacher   teacher FP32 p50 / student INT8 p50
   int8_speedup_vs_fp32       student FP32 p50 / student INT8 p50
+  latency_ratio_ci, int8_speedup_ci   95 % percentile-bootstrap intervals of those ratios, resampling the
+               rounds (paired: one set of rounds for both models). They cover the noise within a run, not drift
+               between runs or machines (two runs on one machine have differed by 10 %).
 Roofline:
   roofline_fraction  (student MACs for 3 s from model_stats on the QAT export model / student INT8 p50)
                      / edgeser.roofline.int8_peak_macs_per_s(threads=1)["peak_macs_per_s"], the peak being
@@ -147,7 +152,17 @@ def interleaved_latency(paths: dict[str, Path], x: np.ndarray, runs: int, warmup
             sessions[n].run(None, feeds[n])
             times[n].append(time.perf_counter() - t)
     return {n: {"p50_ms": float(np.percentile(v, 50) * 1e3), "p95_ms": float(np.percentile(v, 95) * 1e3),
-                "min_ms": float(np.min(v) * 1e3), "runs": len(v)} for n, v in times.items()}
+                "min_ms": float(np.min(v) * 1e3), "runs": len(v), "times_s": v} for n, v in times.items()}
+
+
+def p50_ratio_ci(num: list[float], den: list[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of p50(num) / p50(den) over the interleaved rounds: each resample draws
+    one set of round indices for both models (paired), so a slow spell that hit both cancels."""
+    a, b = np.asarray(num), np.asarray(den)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return [round(float(lo), 3), round(float(hi), 3)]
 
 
 def int8_layer_macs(qexport, samples: int) -> dict[str, int]:
@@ -286,6 +301,9 @@ def main() -> None:
         "size_ratio": round(teacher_onnx / int8_size, 3),
         "latency_ratio_vs_teacher": round(p50["teacher_fp32"] / p50["student_int8"], 3),
         "int8_speedup_vs_fp32": round(p50["student_fp32"] / p50["student_int8"], 3),
+        "latency_ratio_ci": p50_ratio_ci(lat["teacher_fp32"]["times_s"], lat["student_int8"]["times_s"]),
+        "int8_speedup_ci": p50_ratio_ci(lat["student_fp32"]["times_s"], lat["student_int8"]["times_s"]),
+        "ua_drop_ci_pt": None if int8.get("ua_drop_ci_pt") is None else [round(v, 3) for v in int8["ua_drop_ci_pt"]],
         "roofline_fraction": round(fraction, 5),
         "qat_ua": round(qat_ua, 5),
         "ptq_ua": None if ptq_ua is None else round(ptq_ua, 5),
@@ -309,7 +327,9 @@ def main() -> None:
           f"recipe {report['recipe']['name']}, target {report['target']['name']}")
     print(f"\nAccuracy (held-out speakers, UA %)")
     print(f"  teacher FP32 (PyTorch)         {100 * teacher_ua:6.2f}")
-    print(f"  onnx-int8 (QAT)                {100 * qat_ua:6.2f}   drop {ua_drop:+.2f} pt")
+    ci = result["ua_drop_ci_pt"]
+    print(f"  onnx-int8 (QAT)                {100 * qat_ua:6.2f}   drop {ua_drop:+.2f} pt"
+          + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}] (95 % paired bootstrap over the clips)"))
     print(f"  onnx-int8-ptq (PTQ)            " + (f"{100 * ptq_ua:6.2f}   drop {(teacher_ua - ptq_ua) * 100:+.2f} pt"
                                                   if ptq_ua is not None else "  —"))
     if ptq_note:
@@ -327,8 +347,10 @@ def main() -> None:
     for n, m in (("teacher_fp32", teacher_macs), ("student_fp32", macs), ("student_int8", macs)):
         v = lat[n]
         print(f"  {n:<16}{fmt_ms(v['p50_ms'])} {fmt_ms(v['p95_ms'])} {fmt_ms(v['min_ms'])} {m / 1e6:8.1f}")
-    print(f"  teacher / student INT8 = {result['latency_ratio_vs_teacher']:.1f}x, "
-          f"student FP32 / INT8 = {result['int8_speedup_vs_fp32']:.2f}x")
+    lr, sp = result["latency_ratio_ci"], result["int8_speedup_ci"]
+    print(f"  teacher / student INT8 = {result['latency_ratio_vs_teacher']:.1f}x [{lr[0]:.1f}, {lr[1]:.1f}], "
+          f"student FP32 / INT8 = {result['int8_speedup_vs_fp32']:.2f}x [{sp[0]:.2f}, {sp[1]:.2f}] (95 % "
+          f"bootstrap over rounds; it does not cover drift between runs)")
     print(f"\nRoofline (1 thread)")
     print(f"  INT8 peak, measured: {peak['peak_macs_per_s'] / 1e9:.1f} GMAC/s (best of "
           f"{min(peak['runs'].values())}+ runs; " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak["kernels"].items())
