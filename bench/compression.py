@@ -155,15 +155,11 @@ def interleaved_latency(paths: dict[str, Path], x: np.ndarray, runs: int, warmup
                 "min_ms": float(np.min(v) * 1e3), "runs": len(v), "times_s": v} for n, v in times.items()}
 
 
-def p50_ratio_ci(num: list[float], den: list[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
-    """95 % percentile-bootstrap interval of p50(num) / p50(den) over the interleaved rounds: each resample draws
-    one set of round indices for both models (paired), so a slow spell that hit both cancels."""
-    a, b = np.asarray(num), np.asarray(den)
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return [round(float(lo), 3), round(float(hi), 3)]
+def p50_ratio_ci(num: list[float], den: list[float]) -> list[float]:
+    """95 % interval of p50(num) / p50(den) over the interleaved rounds (paired bootstrap, edgeser.metrics)."""
+    from edgeser.metrics import paired_median_ratio_ci
 
+    return [round(v, 3) for v in paired_median_ratio_ci(num, den)]
 
 def int8_layer_macs(qexport, samples: int) -> dict[str, int]:
     """MACs per clip of the layers with int8 weights (QConv1d: the DFT and the body convs; QLinear: the head),

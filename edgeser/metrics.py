@@ -63,6 +63,17 @@ def bootstrap_ci(y_true, y_pred, classes: list[str], n_boot: int = 1000, seed: i
     return {"ua": _interval(ua, level), "wa": _interval(wa, level)}
 
 
+def paired_median_ratio_ci(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile-bootstrap interval of median(num) / median(den) for paired samples (e.g. latencies of two models
+    timed in the same interleaved rounds): each resample draws ONE set of indices for both, so what a round shares
+    (a slow spell of the machine) cancels."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired_median_ratio_ci: need the same non-zero number of samples ({len(a)}, {len(b)})")
+    idx = _boot_idx(len(a), n_boot, seed)
+    return _interval(np.median(a[idx], axis=1) / np.median(b[idx], axis=1), level)
+
+
 def paired_drop_ci(y_true, pred_ref, pred, classes: list[str], n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95) -> dict:
     """UA drop of `pred` against the reference `pred_ref` on the same clips, in percentage points

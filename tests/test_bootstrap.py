@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from edgeser.metrics import bootstrap_ci, classification_metrics, paired_drop_ci
+from edgeser.metrics import bootstrap_ci, classification_metrics, paired_drop_ci, paired_median_ratio_ci
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 
@@ -91,3 +91,17 @@ def test_paired_drop_rejects_mismatched_lengths():
     y, p = _preds(10, 0.5)
     with pytest.raises(ValueError, match="same"):
         paired_drop_ci(y, p, p[:5], CLASSES)
+
+
+def test_paired_median_ratio_ci_cancels_what_the_pairs_share():
+    rng = np.random.default_rng(3)
+    spell = rng.lognormal(0.0, 0.5, 400)  # each round's machine speed, shared by both models
+    den = 0.3 * spell * rng.lognormal(0.0, 0.02, 400)
+    num = 2.0 * den
+    lo, hi = paired_median_ratio_ci(num, den)
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # exactly 2x in every round
+    # unpaired (the numerator's rounds shuffled), the shared spells no longer cancel: a much wider interval
+    lo_u, hi_u = paired_median_ratio_ci(rng.permutation(num), den)
+    assert hi_u - lo_u > 0.1 and lo_u < 2.0 < hi_u
+    with pytest.raises(ValueError, match="same non-zero number"):
+        paired_median_ratio_ci(num, den[:-1])
